@@ -1,0 +1,18 @@
+"""Architecture knowledge (specs) and model loading; the only package that knows architectures."""
+
+from compactlm.models.specs import (
+    ArchSpec,
+    block_linears,
+    get_blocks,
+    get_module,
+    get_spec,
+    iter_block_linears,
+    linear_weight,
+    set_module,
+    supported_model_types,
+)
+
+__all__ = [
+    "ArchSpec", "block_linears", "get_blocks", "get_module", "get_spec", "iter_block_linears",
+    "linear_weight", "set_module", "supported_model_types",
+]

@@ -1,0 +1,3 @@
+"""Post-training quantization methods. Importing this package registers them all."""
+
+from compactlm.ptq import rtn  # noqa: F401  (registers "rtn")
