@@ -1,0 +1,55 @@
+"""``compactlm`` command line.
+
+Each area owns its subcommands in a module exposing ``add_parser(subparsers)``; this file only
+lists those modules. Errors a user can cause (:class:`~compactlm.errors.CompactLMError`) print as
+one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from compactlm.errors import CompactLMError
+
+# Modules that contribute subcommands, in the order `compactlm --help` lists them.
+COMMANDS: tuple[str, ...] = (
+    "compactlm.commands.models",
+    "compactlm.commands.data",
+    "compactlm.commands.quantize",
+    "compactlm.commands.evaluate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compactlm",
+        description="Make transformer LMs small and fast: PTQ, QAT with distillation, NN-LUT.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except CompactLMError as e:
+        parser.exit(2, f"compactlm: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "compactlm: interrupted; outputs were left untouched (rerun to resume)\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
