@@ -15,12 +15,18 @@ from compactlm.errors import CompactLMError
 from compactlm.quant.primitives import expand_groups, group_size_for, qrange, quantize, to_groups
 
 
+def code_dtype(symmetric: bool) -> torch.dtype:
+    """Storage type of integer codes: signed for symmetric grids, unsigned for asymmetric ones."""
+    return torch.int8 if symmetric else torch.uint8
+
+
 @dataclass
 class QuantizedWeight:
     """A weight matrix on a uniform integer grid.
 
     Attributes:
-        int_weight: ``[C_out, C_in]`` int8 codes in ``qrange(bits, symmetric)``.
+        int_weight: ``[C_out, C_in]`` codes in ``qrange(bits, symmetric)``: int8 when symmetric,
+            uint8 when asymmetric (so 8-bit asymmetric grids fit).
         scale: ``[C_out, n_groups]`` float step sizes.
         zero_point: ``[C_out, n_groups]`` int32 zero points (0 when symmetric).
         bits: Grid bits.
@@ -50,7 +56,7 @@ class QuantizedWeight:
         wg = to_groups(w.detach().float(), g)
         q = quantize(wg, scale[..., None].float(), zero_point[..., None].float(), bits, symmetric)
         return cls(
-            int_weight=q.reshape(w.shape).to(torch.int8),
+            int_weight=q.reshape(w.shape).to(code_dtype(symmetric)),
             scale=scale.detach().float().clone(),
             zero_point=zero_point.detach().round().to(torch.int32),
             bits=bits,

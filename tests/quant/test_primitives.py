@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from compactlm.errors import CompactLMError
+from compactlm.quant import (
+    ActQuantizer,
+    QuantizedWeight,
+    QuantLinear,
+    fake_quant,
+    minmax_qparams,
+    qrange,
+    round_ste,
+    weight_qparams,
+)
+
+
+@pytest.mark.parametrize("bits,sym", [(2, False), (3, False), (4, False), (4, True), (8, True), (8, False)])
+@pytest.mark.parametrize("group", [None, 16])
+def test_codes_lie_on_the_grid_and_error_is_bounded(bits, sym, group):
+    w = torch.randn(12, 64)
+    scale, zp = weight_qparams(w, bits, group, sym)
+    qw = QuantizedWeight.from_float(w, scale, zp, bits, group, sym)
+    qw.validate()
+    qmin, qmax = qrange(bits, sym)
+    assert qw.int_weight.min() >= qmin and qw.int_weight.max() <= qmax
+    n_groups = 1 if group is None else 64 // group
+    assert qw.scale.shape == (12, n_groups) and qw.zero_point.shape == (12, n_groups)
+    # min/max range covers every weight, so rounding error is at most half a step
+    err = (qw.dequantize() - w).abs()
+    step = qw.scale.repeat_interleave(qw.group_size, dim=1)
+    assert torch.all(err <= step / 2 + 1e-6)
+
+
+def test_groups_get_their_own_ranges():
+    w = torch.cat([torch.randn(4, 32) * 0.01, torch.randn(4, 32) * 10], dim=1)
+    s, _ = weight_qparams(w, 4, 32, False)
+    assert torch.all(s[:, 1] > 100 * s[:, 0])
+
+
+def test_lp_clip_search_never_worse_than_minmax_in_lp():
+    torch.manual_seed(1)
+    w = torch.randn(32, 128)
+    w[0, 0] = 12.0  # an outlier that min/max wastes range on
+    errs = {}
+    for clip in ("minmax", "lp"):
+        s, z = weight_qparams(w, 3, None, False, clip=clip)
+        qw = QuantizedWeight.from_float(w, s, z, 3, None, False)
+        errs[clip] = (qw.dequantize() - w).abs().pow(2.4).sum(dim=1)
+    assert torch.all(errs["lp"] <= errs["minmax"] + 1e-4)
+    assert errs["lp"].sum() < errs["minmax"].sum()
+
+
+def test_group_size_must_divide_input_width():
+    with pytest.raises(CompactLMError, match="group size 48 does not divide the input width 64"):
+        weight_qparams(torch.randn(4, 64), 4, 48, False)
+
+
+def test_round_ste_passes_gradients_straight_through():
+    x = torch.tensor([0.2, 1.7, -2.4], requires_grad=True)
+    y = round_ste(x)
+    y.sum().backward()
+    assert torch.equal(y, torch.tensor([0.0, 2.0, -2.0]))
+    assert torch.equal(x.grad, torch.ones(3))
+
+
+def test_fake_quant_matches_quantize_dequantize_and_symmetric_zero_point():
+    x = torch.linspace(-3, 5, 101)
+    s, z = minmax_qparams(x.min(), x.max(), 4, symmetric=True)
+    assert float(z) == 0.0
+    y = fake_quant(x, s, z, 4, True)
+    assert len(torch.unique(y)) <= 16
+
+
+def test_per_token_activation_quantizer_uses_each_rows_range():
+    q = ActQuantizer(8, "token")
+    x = torch.stack([torch.linspace(-1, 1, 64), torch.linspace(-100, 100, 64)])
+    y = q(x)
+    assert (y[0] - x[0]).abs().max() < 0.01  # small row not crushed by the big one
+    assert (y[1] - x[1]).abs().max() < 0.5
+
+
+def test_static_quantizer_calibrates_then_freezes():
+    q = ActQuantizer(8, "tensor", static=True)
+    with pytest.raises(CompactLMError, match="calibration"):
+        q(torch.randn(3))
+    q.start_observing()
+    x = torch.randn(4, 16)
+    assert torch.equal(q(x), x)
+    q.finish_observing()
+    assert q.calibrated
+    y = q(torch.full((2,), 1e6))  # out-of-range inputs clamp to the calibrated range
+    assert torch.all(y <= x.max() + q.scale)
+
+
+def test_quant_linear_matches_dequantized_matmul():
+    w = torch.randn(6, 32)
+    s, z = weight_qparams(w, 4, 8, False)
+    qw = QuantizedWeight.from_float(w, s, z, 4, 8, False)
+    layer = QuantLinear(qw, torch.randn(6))
+    x = torch.randn(3, 32)
+    assert torch.allclose(layer(x), x @ qw.dequantize().T + layer.bias, atol=1e-5)
