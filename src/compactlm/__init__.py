@@ -1,0 +1,13 @@
+"""compactlm: make transformer language models small and fast while keeping their accuracy."""
+
+__version__ = "0.1.0"
+
+from compactlm.api import quantize  # noqa: E402
+from compactlm.errors import CompactLMError  # noqa: E402
+from compactlm.models import load_model, save_quantized  # noqa: E402
+from compactlm.quant import QuantizedWeight, QuantLinear, QuantScheme  # noqa: E402
+
+__all__ = [
+    "__version__", "quantize", "load_model", "save_quantized", "CompactLMError", "QuantizedWeight",
+    "QuantLinear", "QuantScheme",
+]
