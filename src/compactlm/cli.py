@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.data",
     "compactlm.commands.quantize",
     "compactlm.commands.evaluate",
+    "compactlm.commands.finetune",
 )
 
 
