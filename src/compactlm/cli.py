@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.quantize",
     "compactlm.commands.evaluate",
     "compactlm.commands.finetune",
+    "compactlm.commands.export",
 )
 
 
