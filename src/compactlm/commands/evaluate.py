@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     model, tok = load_model(args.model, device=device)
+    if tok is None and args.model.startswith("tiny-"):
+        from compactlm.data.char_tokenizer import char_tokenizer
+
+        tok = char_tokenizer()  # tiny random models ship no tokenizer
     if tok is None:
         raise CompactLMError(f"--model: {args.model!r} has no tokenizer, so text cannot be evaluated")
     result: dict = {"model": args.model}
