@@ -38,6 +38,8 @@ class ArchSpec:
         norm_type: ``"layernorm"``, ``"rmsnorm"`` or ``"rmsnorm_plus1"`` (Gemma: scale is ``1 + w``).
         kv_proj: Names of the key and value projections (for 8-bit k/v outputs).
         conv1d: Linears are GPT-2 ``Conv1D`` (weight stored ``[C_in, C_out]``).
+        block_norms: Every norm module inside a block (NN-LUT replaces them all).
+        embedding_norm: Norm after the embeddings under ``model.base_model`` (BERT), if any.
     """
 
     model_types: tuple[str, ...]
@@ -52,6 +54,8 @@ class ArchSpec:
     norm_type: str = "rmsnorm"
     kv_proj: tuple[str, ...] = ()
     conv1d: bool = False
+    block_norms: tuple[str, ...] = ()
+    embedding_norm: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -72,6 +76,7 @@ _LLAMA_LIKE = dict(
     final_norm="norm",
     kv_proj=("self_attn.k_proj", "self_attn.v_proj"),
 )
+_LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 SPECS: tuple[ArchSpec, ...] = (
     ArchSpec(
@@ -80,6 +85,7 @@ SPECS: tuple[ArchSpec, ...] = (
             ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
         ),
+        block_norms=_LLAMA_NORMS,
         **_LLAMA_LIKE,
     ),
     ArchSpec(
@@ -88,6 +94,7 @@ SPECS: tuple[ArchSpec, ...] = (
             ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
         ),
+        block_norms=_LLAMA_NORMS,
         **_LLAMA_LIKE,
     ),
     ArchSpec(
@@ -97,6 +104,10 @@ SPECS: tuple[ArchSpec, ...] = (
             ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
         ),
         norm_type="rmsnorm_plus1",
+        block_norms=(
+            "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+            "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm",
+        ),
         **_LLAMA_LIKE,
     ),
     ArchSpec(
@@ -111,6 +122,7 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_act="mlp.act",
         norm_type="layernorm",
         conv1d=True,
+        block_norms=("ln_1", "ln_2"),
     ),
     ArchSpec(
         model_types=("opt",),
@@ -130,6 +142,7 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_act="activation_fn",
         norm_type="layernorm",
         kv_proj=("self_attn.k_proj", "self_attn.v_proj"),
+        block_norms=("self_attn_layer_norm", "final_layer_norm"),
     ),
     ArchSpec(
         model_types=("bert", "xlm-roberta", "roberta"),
@@ -147,6 +160,8 @@ SPECS: tuple[ArchSpec, ...] = (
         mlp_act="intermediate.intermediate_act_fn",
         norm_type="layernorm",
         kv_proj=("attention.self.key", "attention.self.value"),
+        block_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        embedding_norm="embeddings.LayerNorm",
     ),
 )
 
