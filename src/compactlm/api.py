@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from compactlm.errors import CompactLMError
-from compactlm.models.specs import get_spec
+from compactlm.models.specs import get_spec, iter_block_linears, linear_weight
+from compactlm.quant.primitives import group_size_for
 from compactlm.quant.scheme import QuantScheme
 from compactlm.registry import get_method
 
@@ -27,6 +28,15 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_scheme_fits(model: nn.Module, scheme: QuantScheme) -> None:
+    """Fail before any work if the scheme's group size does not divide a linear's input width."""
+    for name, module in iter_block_linears(model):
+        try:
+            group_size_for(linear_weight(module).shape[1], scheme.w_group_size)
+        except CompactLMError as e:
+            raise CompactLMError(f"--scheme {scheme.name}: {e} (layer {name})") from None
 
 
 def quantize(
@@ -56,6 +66,7 @@ def quantize(
         raise CompactLMError(f"method {method!r} needs calibration data: pass calib (CLI: --calib wiki)")
     if calib is not None and (calib.dim() != 2 or calib.numel() == 0):
         raise CompactLMError(f"calib: expected a non-empty (N, T) tensor of token ids, got shape {list(calib.shape)}")
+    _check_scheme_fits(model, scheme)
     start = time.perf_counter()
     report = m.apply(model, scheme, config, calib)
     return {

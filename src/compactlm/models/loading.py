@@ -145,7 +145,7 @@ def _resolve(name_or_path: str) -> str:
             convert_gguf(path, target)
         return str(target)
     if path.is_dir():
-        for candidate in (path, path / "model"):
+        for candidate in (path / "model", path):  # a run dir keeps its checkpoint in model/
             if (candidate / "config.json").is_file():
                 return str(candidate)
         raise CompactLMError(f"--model: {path} is a folder without config.json (not a HF checkpoint or run dir)")

@@ -1,0 +1,86 @@
+"""The command line as a user meets it: run dirs written atomically, one-line errors, exit codes."""
+
+import json
+
+import pytest
+import torch
+
+from compactlm.cli import build_parser, main
+from compactlm.models import load_model
+from compactlm.quant import QuantLinear
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse / parser.exit
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_quantize_writes_a_complete_run_dir_that_reloads(tmp_path, capsys):
+    out = tmp_path / "runs" / "x"
+    code, stdout, _ = run_cli(["quantize", "--model", "tiny-llama", "--method", "rtn", "--scheme", "w4a16-g32",
+                               "--clip", "lp", "--out", str(out)], capsys)
+    assert code == 0, stdout
+    assert {p.name for p in out.iterdir()} >= {"model", "config.json", "report.json", "quantization.json",
+                                                "quant_state.safetensors"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["scheme"] == "w4a16-g32" and config["options"]["clip"] == "lp"
+    model, _ = load_model(str(out))
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
+    assert not list(out.parent.glob(".x.tmp-*"))  # no temporary leftovers
+
+
+def test_existing_out_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "x"
+    args = ["quantize", "--model", "tiny-gpt2", "--out", str(out)]
+    assert run_cli(args, capsys)[0] == 0
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "--overwrite" in err and err.count("\n") == 1
+    assert run_cli(args + ["--overwrite"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--scheme", "w4a16-g48"], "group size 48 does not divide"),
+        (["--scheme", "int4"], "--scheme: cannot parse 'int4'"),
+        (["--method", "magic"], "--method: unknown method 'magic'"),
+        (["--model", "no-such-model"], "--model: 'no-such-model' not found"),
+        (["--model", "tiny-llama", "--method", "rtn", "--rank", "4"], "method 'rtn' has no option"),
+    ],
+)
+def test_bad_input_is_one_line_error_not_traceback(argv, needle, tmp_path, capsys):
+    base = ["quantize", "--model", "tiny-llama", "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(base + argv, capsys)
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_quantization_leaves_no_output(tmp_path, capsys, monkeypatch):
+    import compactlm.ptq.rtn as rtn
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(rtn, "quantize_weight_rtn", boom)
+    with pytest.raises(RuntimeError):
+        main(["quantize", "--model", "tiny-llama", "--out", str(tmp_path / "o")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_and_methods_list(capsys):
+    assert run_cli(["models"], capsys)[1].count("smollm2-135m") == 1
+    code, out, _ = run_cli(["methods"], capsys)
+    assert code == 0 and "rtn" in out and "--clip" in out
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert p.format_help(), name
