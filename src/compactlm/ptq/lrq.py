@@ -1,0 +1,99 @@
+"""LRQ: Low-Rank Quantization (Lee et al., NAACL 2025, arXiv 2407.11534; METHODS.md §1.3).
+
+FlexRound's full matrix of learned log-scales is replaced by a low-rank matrix plus a row and a
+column vector:
+
+    Ŵ = s1 · (clamp(round_ste(W / (s1 ⊙ exp(L·U + r·1ᵀ + 1·cᵀ))) + z, qmin, qmax) − z)
+
+with ``L`` ``[C_out, rank]`` (init 0), ``U`` ``[rank, C_in]`` (Kaiming-uniform init, as LoRA's
+``A``), ``r`` ``[C_out, 1]`` and ``c`` ``[1, C_in]`` (init 0): the initial quantizer is RTN, the
+zero point is fixed, and the deployed weight is a plain integer grid with step ``s1``.
+
+Rank. The authors use rank 1024 for Llama-2 7B/13B (d = 4096 / 5120) and 2048 for 70B (d = 8192),
+i.e. about a quarter of the smaller matrix side; a fixed 1024 would be full rank (or more) on a
+135M model and LRQ would lose its point (fewer parameters than FlexRound). The default is
+therefore a *rank ratio* of 0.25 of ``min(C_out, C_in)``: on SmolLM2-135M (d = 576) rank 144,
+learning ~2.5x fewer parameters than FlexRound per block. ``rank`` overrides it with a fixed value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compactlm.errors import CompactLMError
+from compactlm.ptq.flexround import LogScaleRounding
+from compactlm.ptq.reconstruct import ReconstructionConfig, reconstruct
+from compactlm.quant.scheme import QuantScheme
+from compactlm.registry import register_method
+
+
+class LRQQuantizer(LogScaleRounding):
+    """LRQ: ``D = L·U + r·1ᵀ + 1·cᵀ``.
+
+    Args:
+        weight: ``[C_out, C_in]``.
+        scheme: Weight grid.
+        rank: Rank of ``L·U`` (1 .. min(C_out, C_in)).
+        clip: ``s1`` initialisation.
+        generator: Seeds the Kaiming-uniform draw of ``U``.
+    """
+
+    def __init__(self, weight: torch.Tensor, scheme: QuantScheme, rank: int, clip: str = "minmax",
+                 generator: torch.Generator | None = None):
+        super().__init__(weight, scheme, clip)
+        c_out, c_in = self.weight.shape
+        if not 1 <= rank <= min(c_out, c_in):
+            raise CompactLMError(
+                f"--rank {rank} is outside 1..{min(c_out, c_in)} for a {c_out}x{c_in} weight; "
+                "use a smaller --rank or --rank-ratio"
+            )
+        self.L = nn.Parameter(torch.zeros(c_out, rank))
+        self.U = nn.Parameter(torch.empty(rank, c_in))
+        nn.init.kaiming_uniform_(self.U, a=math.sqrt(5), generator=generator)
+        self.r = nn.Parameter(torch.zeros(c_out, 1))
+        self.c = nn.Parameter(torch.zeros(1, c_in))
+
+    def log_divisor(self) -> torch.Tensor:
+        return self.L @ self.U + self.r + self.c  # (C_out, C_in)
+
+
+@dataclass(frozen=True)
+class LRQConfig(ReconstructionConfig):
+    """Options of LRQ.
+
+    Attributes:
+        rank: Fixed rank of ``L·U`` for every linear; ``None`` uses ``rank_ratio``.
+        rank_ratio: Rank as a fraction of ``min(C_out, C_in)`` (rounded, at least 1).
+    """
+
+    lr: float = 3e-3
+    rank: int | None = None
+    rank_ratio: float = 0.25
+
+    def rank_for(self, c_out: int, c_in: int) -> int:
+        if self.rank is not None:
+            return self.rank
+        return max(1, round(self.rank_ratio * min(c_out, c_in)))
+
+    def check(self) -> None:
+        super().check()
+        if self.rank is not None and self.rank < 1:
+            raise CompactLMError(f"--rank must be >= 1, got {self.rank}")
+        if not 0 < self.rank_ratio <= 1:
+            raise CompactLMError(f"--rank-ratio must lie in (0, 1], got {self.rank_ratio}")
+
+
+@register_method("lrq", LRQConfig, needs_calibration=True,
+                 description="LRQ: low-rank learned scaling of the step size, block-wise reconstruction")
+def apply_lrq(model: nn.Module, scheme: QuantScheme, config: LRQConfig, calib: torch.Tensor | None = None) -> dict:
+    """Quantize ``model`` in place with LRQ (see module docstring)."""
+    config.check()
+
+    def make(name: str, w: torch.Tensor, gen: torch.Generator) -> LRQQuantizer:
+        return LRQQuantizer(w, scheme, config.rank_for(*w.shape), config.clip, gen)
+
+    return reconstruct(model, scheme, calib, config, make, "lrq")

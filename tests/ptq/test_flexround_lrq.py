@@ -1,0 +1,148 @@
+"""FlexRound and LRQ quantizers and methods (tiny random models)."""
+
+import pytest
+import torch
+
+from compactlm.api import quantize
+from compactlm.errors import CompactLMError
+from compactlm.models.tiny import tiny_model
+from compactlm.ptq.flexround import FlexRoundQuantizer
+from compactlm.ptq.lrq import LRQConfig, LRQQuantizer
+from compactlm.ptq.rtn import RTNConfig, quantize_weight_rtn
+from compactlm.quant.activation import act_quantizer_for
+from compactlm.quant.linear import QuantLinear
+from compactlm.quant.primitives import qrange
+from compactlm.quant.scheme import parse_scheme
+
+
+@pytest.fixture
+def calib():
+    return torch.randint(2, 128, (4, 24), generator=torch.Generator().manual_seed(1))
+
+
+def _qlinears(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+@pytest.mark.parametrize("scheme", ["w4a16", "w3a16-g16", "w8a8", "w2a16-g32"])
+@pytest.mark.parametrize("clip", ["minmax", "lp"])
+def test_zero_initialised_quantizers_are_rtn(scheme, clip):
+    s = parse_scheme(scheme)
+    w = torch.randn(48, 64)
+    rtn = quantize_weight_rtn(w, s, RTNConfig(clip=clip))
+    for quantizer in (FlexRoundQuantizer(w, s, clip), LRQQuantizer(w, s, rank=8, clip=clip)):
+        baked = quantizer.bake()
+        assert torch.equal(baked.int_weight, rtn.int_weight)
+        assert torch.equal(baked.scale, rtn.scale)
+        assert torch.equal(baked.zero_point, rtn.zero_point)
+        assert torch.equal(quantizer(), rtn.dequantize())
+
+
+@pytest.mark.parametrize("method", ["flexround", "lrq"])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_zero_iterations_equal_rtn_model(method, model_type, calib):
+    ours, ref = tiny_model(model_type), tiny_model(model_type)
+    quantize(ours, method, "w4a16", calib=calib, iters=0)
+    quantize(ref, "rtn", "w4a16")
+    for (n, a), (_, b) in zip(_qlinears(ours).items(), _qlinears(ref).items()):
+        assert torch.equal(a.int_weight, b.int_weight) and torch.equal(a.weight_scale, b.weight_scale), n
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=calib).logits, ref(input_ids=calib).logits)
+
+
+@pytest.mark.parametrize("method", ["flexround", "lrq"])
+def test_trained_weights_lie_on_the_grid(method, calib):
+    model = tiny_model("llama")
+    quantize(model, method, "w3a16-g32", calib=calib, iters=10, lr=3e-2)
+    rtn = tiny_model("llama")
+    quantize(rtn, "rtn", "w3a16-g32")
+    changed = 0
+    for (name, q), (_, r) in zip(_qlinears(model).items(), _qlinears(rtn).items()):
+        qw = q.qweight
+        qw.validate()
+        qmin, qmax = qrange(3, False)
+        assert qw.int_weight.min() >= qmin and qw.int_weight.max() <= qmax
+        assert torch.equal(q.weight, (qw.int_weight.float() - qw.zero_point.repeat_interleave(32, 1)) *
+                           qw.scale.repeat_interleave(32, 1))
+        assert torch.equal(qw.zero_point, r.weight_zero_point), name  # zero point fixed after init
+        changed += int((q.int_weight != r.int_weight).sum())
+    assert changed > 0  # learning moved some weights to another integer
+
+
+def test_trained_quantizer_forward_matches_baked_grid():
+    s = parse_scheme("w4a16")
+    q = LRQQuantizer(torch.randn(32, 64), s, rank=4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q.L.normal_(std=0.3)
+        q.r.normal_(std=0.1)
+        q.log_s1_delta.normal_(std=0.05)
+    assert torch.allclose(q(), q.bake().dequantize(), atol=1e-6)
+
+
+def test_learned_parameter_counts(calib):
+    flex, lrq = tiny_model("llama"), tiny_model("llama")
+    rf = quantize(flex, "flexround", "w4a16", calib=calib, iters=1)
+    rl = quantize(lrq, "lrq", "w4a16", calib=calib, iters=1, rank=4)
+    # llama tiny block: q,o 64x64; k,v 32x64; gate,up 128x64; down 64x128 (per channel: 1 group)
+    shapes = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
+    per_block_flex = sum(o * i + o + o for o, i in shapes)
+    per_block_lrq = sum(4 * (o + i) + o + i + o for o, i in shapes)
+    assert rf["learned_params"] == 2 * per_block_flex
+    assert rl["learned_params"] == 2 * per_block_lrq
+    assert rl["learned_params"] < rf["learned_params"]
+
+
+def test_default_rank_is_a_quarter_of_the_smaller_side():
+    assert LRQConfig().rank_for(1536, 576) == 144
+    assert LRQConfig(rank_ratio=0.5).rank_for(32, 64) == 16
+    assert LRQConfig(rank=7).rank_for(32, 64) == 7
+
+
+def test_rank_larger_than_the_matrix_is_rejected(calib):
+    with pytest.raises(CompactLMError, match="--rank"):
+        quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, rank=65)
+    with pytest.raises(CompactLMError, match="--rank-ratio"):
+        quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, rank_ratio=1.5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_w8a8_static_activations_are_calibrated_and_trained_under(model_type, calib):
+    model = tiny_model(model_type)
+    report = quantize(model, "lrq", "w8a8", calib=calib, iters=3)
+    qls = _qlinears(model)
+    assert qls and all(q.input_quantizer.static and q.input_quantizer.calibrated for q in qls.values())
+    assert all(q.qweight.symmetric and q.bits == 8 for q in qls.values())
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=calib).logits).all()
+    assert report["blocks"][0]["loss_before"] > 0
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_w4a8_reconstructs_weight_only_then_quantizes_tokens(model_type, calib):
+    """LRQ's W4A8 recipe: same grid as W4A16, per-token 8-bit inputs at evaluation."""
+    a8, a16 = tiny_model(model_type), tiny_model(model_type)
+    quantize(a8, "lrq", "w4a8", calib=calib, iters=3)
+    quantize(a16, "lrq", "w4a16", calib=calib, iters=3)
+    for (n, q8), (_, q16) in zip(_qlinears(a8).items(), _qlinears(a16).items()):
+        assert torch.equal(q8.int_weight, q16.int_weight), n
+        assert q8.input_quantizer.granularity == "token" and not q8.input_quantizer.static
+        q16.input_quantizer = act_quantizer_for(parse_scheme("w4a8"))
+    with torch.no_grad():
+        assert torch.equal(a8(input_ids=calib).logits, a16(input_ids=calib).logits)
+
+
+def test_w4a8_kv8_with_activations_in_reconstruction(calib):
+    model = tiny_model("llama")
+    quantize(model, "flexround", "w4a8-kv8", calib=calib, iters=2, recon_act_quant=True)
+    qls = _qlinears(model)
+    assert qls["model.layers.0.self_attn.k_proj"].output_quantizer is not None
+    assert qls["model.layers.0.self_attn.q_proj"].output_quantizer is None
+
+
+def test_cli_exposes_options():
+    from compactlm.commands.quantize import _method_options
+
+    options = _method_options()
+    for name in ("iters", "lr", "batch_size", "rank", "rank_ratio", "work_dir", "smooth_alpha"):
+        assert name in options
+    assert "lrq" in options["rank"][1] and "flexround" not in options["rank"][1]
