@@ -99,3 +99,21 @@ def test_quant_linear_matches_dequantized_matmul():
     layer = QuantLinear(qw, torch.randn(6))
     x = torch.randn(3, 32)
     assert torch.allclose(layer(x), x @ qw.dequantize().T + layer.bias, atol=1e-5)
+
+
+def test_quant_linear_cache_follows_in_place_grid_changes():
+    from compactlm.ptq.rtn import quantize_weight_rtn
+    from compactlm.quant import QuantLinear
+    from compactlm.quant.scheme import QuantScheme
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    scheme = QuantScheme.parse("w4a16")
+    q = QuantLinear(quantize_weight_rtn(w, scheme))
+    x = torch.randn(3, 16)
+    y0 = q(x)
+    assert torch.equal(q(x), y0)
+    q.weight_scale.mul_(2)  # in-place edit of the grid must not serve a stale weight
+    assert torch.allclose(q(x), 2 * y0, atol=1e-5)
+    q.int_weight = q.int_weight.clone().fill_(q.int_weight.max())  # replaced buffer
+    assert torch.allclose(q(x), torch.nn.functional.linear(x, q.qweight.dequantize(x.dtype)))

@@ -2,8 +2,9 @@
 
 It is what every method leaves in the model: integer codes, per-group scale and zero point
 (a :class:`QuantizedWeight`), an optional input-activation quantizer (W8A8 / W4A8) and an optional
-output quantizer (8-bit k/v). The real weight is rebuilt from the grid on each forward, so the
-integers are the single source of truth for evaluation and export alike.
+output quantizer (8-bit k/v). The real weight is rebuilt from the grid, so the integers are the
+single source of truth for evaluation and export alike; the rebuilt weight is cached and rebuilt
+whenever a grid buffer is changed in place, replaced, moved or cast.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.input_quantizer = input_quantizer
         self.output_quantizer = output_quantizer
+        self._dequant_cache: tuple[tuple, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         g = "channel" if self.group_size == self.in_features else f"g{self.group_size}"
@@ -64,10 +66,19 @@ class QuantLinear(nn.Module):
         dtype = self.bias.dtype if self.bias is not None else self.weight_scale.dtype
         return self.qweight.dequantize(dtype)
 
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """``Ŵ`` in ``dtype``, rebuilt only when the grid buffers changed (identity or version)."""
+        bufs = (self.int_weight, self.weight_scale, self.weight_zero_point)
+        key = (dtype, *((id(b), b.data_ptr(), b.device, b._version) for b in bufs))
+        if self._dequant_cache is None or self._dequant_cache[0] != key:
+            with torch.no_grad():
+                self._dequant_cache = (key, self.qweight.dequantize(dtype))
+        return self._dequant_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        w = self.qweight.dequantize(x.dtype)
+        w = self.dequantized_weight(x.dtype)
         y = F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
         if self.output_quantizer is not None:
             y = self.output_quantizer(y)
