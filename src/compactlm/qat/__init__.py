@@ -1,0 +1,22 @@
+"""Quantization-aware training (QAT) of generative LMs with distillation (TSLD and baselines).
+
+* :mod:`.quantizers` — TWN ternary (per channel / row / tensor, optional pre-clip), PACT+ learned
+  clip, LSQ learned step, min/max ``b``-bit per channel or group; all bake to a ``QuantizedWeight``;
+* :mod:`.prepare` — :func:`prepare_qat` / :func:`convert_qat` on every block linear;
+* :mod:`.recipe` and :mod:`.run` — loss-term recipes and :func:`run_qat` (the ``compactlm qat`` command).
+"""
+
+from compactlm.qat.prepare import QATConfig, QATLinear, convert_qat, prepare_qat, qat_linears
+from compactlm.qat.quantizers import (
+    LSQQuantizer,
+    MinMaxQuantizer,
+    PACTQuantizer,
+    TWNQuantizer,
+    make_weight_quantizer,
+    twn_ternarize,
+)
+
+__all__ = [
+    "QATConfig", "QATLinear", "convert_qat", "prepare_qat", "qat_linears", "LSQQuantizer", "MinMaxQuantizer",
+    "PACTQuantizer", "TWNQuantizer", "make_weight_quantizer", "twn_ternarize",
+]
