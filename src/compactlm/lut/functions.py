@@ -16,9 +16,12 @@ name              f(x)                   fitted interval  used by
 
 Out-of-interval inputs (the behaviour the tests pin down):
 
-* ``gelu`` / ``silu``: the table's end segments extend linearly (a table is exactly the ReLU
-  network, defined on all of ℝ); both functions are asymptotically linear (0 on the left, x on the
-  right), which the fitted end segments follow.
+* ``gelu`` / ``silu``: outside ``[lo, hi] = [-8, 8]`` the operator returns the asymptotes, ``0``
+  below and ``x`` above (one compare and a select in hardware), instead of extending the table's
+  end segments (an end slope of 1.006 would drift by 0.1 at x = 24). The extra error is the
+  function's distance from its asymptote at the interval ends: ``|gelu(±8) - asymptote| < 1e-14``,
+  ``|silu(±8) - asymptote| = 8·σ(-8) ≈ 2.7e-3``. The bare :class:`~compactlm.lut.table.LUT`
+  itself extends its end segments linearly (it is exactly the ReLU network on all of ℝ).
 * ``exp``: inputs are ``x - max(x) ≤ 0``; anything below the interval (including masked scores)
   underflows to exactly 0, and outputs are clamped to ``≥ 0``.
 * ``reciprocal`` / ``rsqrt``: range normalisation (exponent extraction) maps every positive input
@@ -116,6 +119,13 @@ def needed_functions(ops) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------
 # Operators evaluated through tables. ``table`` is anything with ``__call__(x) -> y`` (a LUT).
+
+
+def lut_activation(x: torch.Tensor, table) -> torch.Tensor:
+    """GELU / SiLU from a table on ``[lo, hi]``; ``0`` below and ``x`` above the interval (asymptotes)."""
+    lo, hi = table.lo, table.hi
+    y = table(x.clamp(min=lo, max=hi))
+    return torch.where(x > hi, x, torch.where(x < lo, torch.zeros_like(y), y))
 
 
 def lut_exp(x: torch.Tensor, table) -> torch.Tensor:
