@@ -44,6 +44,7 @@ file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -73,15 +74,24 @@ def done_keys(path: Path = RESULTS) -> set[str]:
 
 
 def append_record(record: dict, path: Path = RESULTS) -> None:
-    """Add ``record`` (replacing a row with the same key) and write the file atomically."""
+    """Add ``record`` (replacing a row with the same key) and write the file atomically.
+
+    An exclusive ``flock`` on the results folder serialises the read-modify-write, so runners in
+    two CPU slots can append to the same file.
+    """
     path = Path(path)
     record = {"variant": "", **record}
     record.setdefault("date", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    rows = [r for r in read_records(path) if row_key(r) != row_key(record)]
-    rows.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    lock = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in read_records(path) if row_key(r) != row_key(record)]
+        rows.append(record)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        os.close(lock)  # releases the lock

@@ -105,6 +105,17 @@ def test_rank_larger_than_the_matrix_is_rejected(calib):
         quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, rank_ratio=1.5)
 
 
+def test_rank_too_large_for_one_linear_fails_before_any_change(calib):
+    """The check runs over every linear first: no block is half-quantized (nor smoothed) on error."""
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sides = sorted({min(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    with pytest.raises(CompactLMError, match=r"--rank \d+ is outside .* block 0"):
+        quantize(model, "lrq", "w4a16", calib=calib, rank=sides[-1], smooth_alpha=0.5)
+    assert not _qlinears(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_w8a8_static_activations_are_calibrated_and_trained_under(model_type, calib):
     model = tiny_model(model_type)

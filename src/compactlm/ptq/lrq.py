@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compactlm.errors import CompactLMError
+from compactlm.models.specs import block_linears, get_blocks, get_spec, linear_weight
 from compactlm.ptq.flexround import LogScaleRounding
 from compactlm.ptq.reconstruct import ReconstructionConfig, reconstruct
 from compactlm.quant.scheme import QuantScheme
@@ -87,11 +88,27 @@ class LRQConfig(ReconstructionConfig):
             raise CompactLMError(f"--rank-ratio must lie in (0, 1], got {self.rank_ratio}")
 
 
+def check_ranks(model: nn.Module, config: LRQConfig) -> None:
+    """Fail before any work (model untouched) if ``--rank`` exceeds the smaller side of some linear."""
+    if config.rank is None:
+        return
+    spec = get_spec(model)
+    for i, block in enumerate(get_blocks(model)):
+        for name, module in block_linears(block, spec).items():
+            c_out, c_in = linear_weight(module).shape
+            if config.rank > min(c_out, c_in):
+                raise CompactLMError(
+                    f"--rank {config.rank} is outside 1..{min(c_out, c_in)} for block {i} {name} "
+                    f"({c_out}x{c_in}); use a smaller --rank or --rank-ratio"
+                )
+
+
 @register_method("lrq", LRQConfig, needs_calibration=True,
                  description="LRQ: low-rank learned scaling of the step size, block-wise reconstruction")
 def apply_lrq(model: nn.Module, scheme: QuantScheme, config: LRQConfig, calib: torch.Tensor | None = None) -> dict:
     """Quantize ``model`` in place with LRQ (see module docstring)."""
     config.check()
+    check_ranks(model, config)
 
     def make(name: str, w: torch.Tensor, gen: torch.Generator) -> LRQQuantizer:
         return LRQQuantizer(w, scheme, config.rank_for(*w.shape), config.clip, gen)

@@ -1,0 +1,86 @@
+"""The PTQ benchmark's grid, record file and report (bench/ptq; no model runs)."""
+
+import json
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "ptq"
+sys.path.insert(0, str(BENCH))
+
+from grid import grid, select  # noqa: E402
+from records import append_record, done_keys, read_records  # noqa: E402
+from report import best_per_scheme, markdown, ratios_vs_rtn, write_report  # noqa: E402
+
+
+def test_grid_keys_are_unique_and_targets_come_first():
+    rows = grid()
+    keys = [r.key for r in rows]
+    assert len(keys) == len(set(keys))
+    groups = [r.group for r in rows]
+    assert groups.index("w2") > max(i for i, g in enumerate(groups) if g == "main")
+    assert groups.index("sweep") > max(i for i, g in enumerate(groups) if g == "w2")
+    main = {(r.method, r.scheme) for r in rows if r.group == "main"}
+    for scheme in ("w4a16", "w3a16", "w4a8"):
+        assert {(m, scheme) for m in ("rtn", "gptq", "awq", "flexround", "lrq")} <= main
+    assert {("smoothquant", "w8a8"), ("lrq", "w8a8")} <= main
+    lrq_w8a8 = next(r for r in rows if r.key == "lrq|w8a8|")
+    assert lrq_w8a8.options["smooth_alpha"] == 0.5
+
+
+def test_select_filters():
+    rows = grid(sweep_iters=(5, 7))
+    learned = select(rows, methods="lrq,flexround")
+    assert learned and {r.method for r in learned} == {"lrq", "flexround"}
+    rest = select(rows, exclude_methods="lrq,flexround", groups="main")
+    assert not {r.key for r in rest} & {r.key for r in learned}
+    assert [r.variant for r in select(rows, groups="sweep")] == ["iters=5", "iters=7"]
+    assert all(r.peer for r in select(rows, methods="gptq,awq"))
+
+
+def _append_many(path, tag, n):
+    for i in range(n):
+        append_record({"method": f"{tag}{i}", "scheme": "w4a16", "ppl_wiki_eval": float(i)}, Path(path))
+
+
+def test_records_replace_by_key_and_survive_concurrent_writers(tmp_path):
+    path = tmp_path / "ptq.json"
+    append_record({"method": "rtn", "scheme": "w4a16", "ppl_wiki_eval": 30.0}, path)
+    append_record({"method": "rtn", "scheme": "w4a16", "ppl_wiki_eval": 29.0}, path)
+    assert [r["ppl_wiki_eval"] for r in read_records(path)] == [29.0]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(path, tag, 15)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert len(done_keys(path)) == 31  # no row lost to a read-modify-write race
+    json.loads(path.read_text())
+
+
+ROWS = [
+    {"method": "fp", "scheme": "fp32", "variant": "", "ppl_wiki_eval": 20.0, "ppl_tokens": 16384},
+    {"method": "rtn", "scheme": "w4a16", "variant": "", "ppl_wiki_eval": 40.0, "seconds": 5.0},
+    {"method": "gptq", "scheme": "w4a16", "variant": "", "ppl_wiki_eval": 30.0, "seconds": 60.0},
+    {"method": "lrq", "scheme": "w4a16", "variant": "", "ppl_wiki_eval": 28.0, "seconds": 600.0,
+     "learned_params": 1_000_000, "options": {"iters": 20}},
+    {"method": "lrq", "scheme": "w4a16", "variant": "iters=10", "ppl_wiki_eval": 25.0, "seconds": 300.0,
+     "options": {"iters": 10}},
+    {"method": "lrq", "scheme": "w8a8", "variant": "", "ppl_wiki_eval": 21.0},
+]
+
+
+def test_report_ratios_best_and_sweep(tmp_path):
+    ratio = ratios_vs_rtn(ROWS)
+    assert ratio[("gptq", "w4a16", "")] == pytest.approx(0.75)
+    assert ("lrq", "w8a8", "") not in ratio  # no RTN row at w8a8: no ratio
+    assert best_per_scheme(ROWS) == {"w4a16": "lrq", "w8a8": "lrq"}  # the sweep row does not compete
+    md = markdown(ROWS)
+    assert "| w4a16 | LRQ | " in md and "**28.00**" in md and "0.700" in md
+    assert "LRQ iterations sweep" in md and "| w4a16 | 10 | 25.00 |" in md
+    results = tmp_path / "ptq.json"
+    write_report(ROWS, results)
+    assert (tmp_path / "ptq.md").read_text() == md
+    assert (tmp_path / "ptq.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
