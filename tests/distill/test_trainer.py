@@ -1,0 +1,100 @@
+"""Trainer on tiny models: the loss goes down, resume is exact, 2 processes match 1."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compactlm.distill.lm import LMDistillLoss, parse_terms
+from compactlm.distill.trainer import DistillTrainer, TrainConfig, lr_lambda
+from compactlm.errors import CompactLMError
+from compactlm.models.tiny import tiny_model
+from compactlm.qat import prepare_qat
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread on the shared host."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _setup(loss="tsld", scheme="w2a16"):
+    teacher = tiny_model("llama", seed=0)
+    with torch.no_grad():  # a random tiny model is nearly uniform: sharpen it so distillation has signal
+        teacher.lm_head.weight.mul_(8.0)
+    student = prepare_qat(copy.deepcopy(teacher), scheme)
+    data = torch.randint(2, 128, (16, 24), generator=torch.Generator().manual_seed(1))
+    return teacher, student, data
+
+
+@pytest.mark.parametrize("loss", ["gt", "kd", "kd+gt", "tsld", "l2l", "rkl"])
+def test_few_steps_lower_the_loss(loss):
+    teacher, student, data = _setup()
+    cfg = TrainConfig(steps=12, batch_size=4, lr=3e-4, warmup=0.0, schedule="constant")
+    hist = DistillTrainer(student, LMDistillLoss(teacher, loss), data, cfg, progress=False).train()
+    first = sum(h["loss"] for h in hist[:3]) / 3
+    last = sum(h["loss"] for h in hist[-3:]) / 3
+    assert last < first, (loss, first, last)
+    assert {t for t, _ in parse_terms(loss)} <= set(hist[0])  # every term logged
+
+
+def test_checkpoint_resume_continues_identically(tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=2e-3, warmup=0.2, schedule="cosine")
+    teacher, student, data = _setup()
+    full = DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, progress=False).train()
+
+    teacher, student, data = _setup()
+    t1 = DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    t1.train(stop_after=3)
+    assert (tmp_path / "checkpoint.pt").exists()
+    teacher, student2, data = _setup()  # a fresh process would start from the FP weights again
+    t2 = DistillTrainer(student2, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert t2.step == 3
+    resumed = t2.train()
+    assert [h["step"] for h in resumed] == list(range(1, 7))
+    for a, b in zip(full, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    # other settings on the same checkpoint are refused
+    teacher, student3, data = _setup()
+    with pytest.raises(CompactLMError, match="lr"):
+        DistillTrainer(student3, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=6, batch_size=4, grad_accum=2,
+                       lr=1e-3, warmup=0.2, schedule="cosine"), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_lr_schedule_and_config_errors():
+    f = lr_lambda(TrainConfig(steps=10, warmup=0.2))
+    assert f(0) < f(1) < f(2) == 1.0 and f(9) < f(5) < 1.0
+    with pytest.raises(CompactLMError, match="--steps"):
+        TrainConfig(steps=0).validate()
+    with pytest.raises(CompactLMError, match="--loss"):
+        parse_terms("tsld,foo")
+    with pytest.raises(CompactLMError, match="teacher"):
+        LMDistillLoss(None, "kd")
+    assert parse_terms("tsld:1,gt:0.5") == (("tsld", 1.0), ("gt", 0.5))
+
+
+def test_two_processes_match_one(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU (torchrun, gloo DDP on CPU)
+    gives the single-process losses. (`--cpu` alone runs one process: accelerate's multi-CPU launcher is mpirun.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, str(WORKER), str(one)], check=True, env=env, timeout=120)
+    launcher = Path(sys.executable).with_name("accelerate")
+    subprocess.run([str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+                    str(WORKER), str(two)], check=True, env=env, timeout=120)
+    h1, h2 = json.loads(one.read_text()), json.loads(two.read_text())
+    assert h1["processes"] == 1 and h2["processes"] == 2
+    for a, b in zip(h1["history"], h2["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert h1["history"][-1]["loss"] < h1["history"][0]["loss"]
