@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,63 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW
     )
 
 
+def train_steps(
+    model: nn.Module,
+    train: dict[str, torch.Tensor],
+    step_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    warmup: float,
+    weight_decay: float,
+    seed: int,
+    on_step: Callable[[nn.Module, int, int], None] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """The training loop shared by fine-tuning, encoder QAT and SDQ.
+
+    AdamW (:func:`adamw`) with linear warm-up / decay, seeded shuffled passes over ``train`` until
+    ``steps`` optimizer steps, through ``accelerate`` (device from the model). The model's train /
+    eval mode is left as the caller set it.
+
+    Args:
+        model: The trained model.
+        train: Encoded examples (``input_ids``, ``attention_mask``, ``labels``, ... each ``(N, T)`` / ``(N,)``).
+        step_loss: ``batch -> (loss, parts)``: batch tensors already on the model's device.
+        on_step: ``on_step(model, step, steps)`` before each step (e.g. a Quant-Noise schedule).
+
+    Returns:
+        ``(model, history)``: the unwrapped model and, per step, ``parts`` plus ``loss``.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=model_device(model).type == "cpu")
+    optimizer = adamw(model, lr, weight_decay)
+    scheduler = linear_warmup_decay(optimizer, steps, warmup)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress)
+    while len(history) < steps:
+        for batch in iter_batches(train, batch_size, shuffle=True, generator=gen):
+            if on_step is not None:
+                on_step(model, len(history), steps)
+            loss, parts = step_loss({k: v.to(accelerator.device) for k, v in batch.items()})
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append({**parts, "loss": float(loss.detach())})
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(h['loss'] for h in history[-20:]) / len(history[-20:]):.4f}")
+            if len(history) >= steps:
+                break
+    bar.close()
+    return accelerator.unwrap_model(model), history
+
+
 def finetune(model: nn.Module, tokenizer, config: FinetuneConfig, progress: bool = True) -> dict:
     """Fine-tune ``model`` in place on ``config.task``; returns the report (accuracies, steps, seconds).
 
@@ -131,8 +189,6 @@ def finetune(model: nn.Module, tokenizer, config: FinetuneConfig, progress: bool
         tokenizer: Its tokenizer.
         config: Options.
     """
-    from accelerate import Accelerator
-
     check_classifier(model, config.task)
     torch.manual_seed(config.seed)
     train = encode_split(tokenizer, config.task, "train", config.train_limit, config.seed, config.max_length)
@@ -140,32 +196,18 @@ def finetune(model: nn.Module, tokenizer, config: FinetuneConfig, progress: bool
     test = encode_split(tokenizer, config.task, "test", config.eval_limit, 0, config.max_length)
     steps_per_epoch = math.ceil(len(train["labels"]) / config.batch_size)
     total = max(1, int(round(config.epochs * steps_per_epoch)))
-    accelerator = Accelerator(cpu=model_device(model).type == "cpu")
-    optimizer = adamw(model, config.lr, config.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, total, config.warmup)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    gen = torch.Generator().manual_seed(config.seed)
+
+    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = batch.pop("labels")
+        return F.cross_entropy(model(**batch).logits, labels), {}
+
     start = time.perf_counter()
     model.train()
-    step, losses = 0, []
-    bar = tqdm(total=total, desc=f"finetune {config.task}", disable=not progress)
-    while step < total:
-        for batch in iter_batches(train, config.batch_size, shuffle=True, generator=gen):
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            loss = F.cross_entropy(model(**batch).logits, labels)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-            if step >= total:
-                break
-    bar.close()
-    model = accelerator.unwrap_model(model)
+    model, history = train_steps(
+        model, train, step_loss, steps=total, lr=config.lr, batch_size=config.batch_size, warmup=config.warmup,
+        weight_decay=config.weight_decay, seed=config.seed, desc=f"finetune {config.task}", progress=progress,
+    )
+    losses = [h["loss"] for h in history]
     model.eval()
     train_seconds = time.perf_counter() - start
     report = {
