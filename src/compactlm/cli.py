@@ -21,7 +21,9 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.quantize",
     "compactlm.commands.evaluate",
     "compactlm.commands.finetune",
+    "compactlm.commands.qat",
     "compactlm.commands.export",
+    "compactlm.commands.lut",
 )
 
 

@@ -7,6 +7,8 @@
 """
 
 from compactlm.qat.prepare import QATConfig, QATLinear, convert_qat, prepare_qat, qat_linears
+from compactlm.qat.recipe import QATRecipe
+from compactlm.qat.run import run_qat
 from compactlm.qat.quantizers import (
     LSQQuantizer,
     MinMaxQuantizer,
@@ -18,5 +20,5 @@ from compactlm.qat.quantizers import (
 
 __all__ = [
     "QATConfig", "QATLinear", "convert_qat", "prepare_qat", "qat_linears", "LSQQuantizer", "MinMaxQuantizer",
-    "PACTQuantizer", "TWNQuantizer", "make_weight_quantizer", "twn_ternarize",
+    "PACTQuantizer", "TWNQuantizer", "make_weight_quantizer", "twn_ternarize", "QATRecipe", "run_qat",
 ]

@@ -1,0 +1,103 @@
+"""`compactlm qat` and `run_qat` on tiny models: run dir, reload, recipe + overrides, resume, errors."""
+
+import json
+
+import pytest
+import torch
+
+from compactlm.cli import main
+from compactlm.errors import CompactLMError
+from compactlm.models import load_model
+from compactlm.qat import QATRecipe, run_qat
+from compactlm.qat.run import checkpoint_dir_for
+from compactlm.quant import QuantLinear
+
+FAST = ["--samples", "8", "--seq-len", "16", "--steps", "3", "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_writes_a_run_dir_that_reloads_and_matches(tmp_path, capsys):
+    out = tmp_path / "runs" / "q"
+    code, stdout, err = run_cli(["qat", "--model", "tiny-llama", "--scheme", "w2a16", "--loss", "tsld", *FAST,
+                                 "--out", str(out)], capsys)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} >= {"model", "config.json", "report.json", "quantization.json",
+                                                "quant_state.safetensors"}
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["history"]) == 3 and {"tsld", "gt", "loss"} <= set(report["history"][0])
+    assert report["quantizer"] == "twn" and report["train_tokens"] == 3 * 2 * 16
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["loss"] == [["tsld", 1.0], ["gt", 1.0]]
+    model, _ = load_model(str(out))
+    qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(qls) == 14 and all(q.bits == 2 for q in qls)
+    for q in qls:  # ternary: three levels per channel at most
+        assert q.int_weight.min() >= -1 and q.int_weight.max() <= 1
+    assert not checkpoint_dir_for(out).exists()
+    code, _, err = run_cli(["qat", "--model", "tiny-llama", *FAST, "--out", str(out)], capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_recipe_yaml_with_flag_override(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: tiny-gpt2\nscheme: w4a16-g16\nloss: {kd: 1.0, gt: 0.5}\nsamples: 8\nseq_len: 16\n"
+                      "steps: 5\nbatch_size: 2\nlr: 1.0e-3\n")
+    out = tmp_path / "r"
+    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--steps", "2", "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2 and report["quantizer"] == "minmax" and report["scheme"] == "w4a16-g16"
+    assert report["loss_terms"] == [["kd", 1.0], ["gt", 0.5]]
+    recipe.write_text("model: tiny-gpt2\nsteps: 2\nfoo: 1\n")
+    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--out", str(tmp_path / "z")], capsys)
+    assert code == 2 and "foo" in err
+
+
+def test_run_qat_resumes_from_checkpoint(tmp_path, monkeypatch):
+    from compactlm.distill.trainer import DistillTrainer
+
+    out = tmp_path / "q"
+    recipe = QATRecipe(model="tiny-llama", samples=8, seq_len=16, steps=4, batch_size=2, checkpoint_every=2, lr=1e-3)
+    _, _, full = run_qat(recipe, progress=False)  # in memory, no checkpoints
+    original = DistillTrainer.train
+
+    def interrupted(self, stop_after=None):
+        original(self, stop_after=2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DistillTrainer, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_qat(recipe, out=out, progress=False)
+    monkeypatch.setattr(DistillTrainer, "train", original)
+    assert (checkpoint_dir_for(out) / "checkpoint.pt").exists() and not out.exists()
+    _, _, resumed = run_qat(recipe, out=out, progress=False)
+    assert resumed["resumed_at_step"] == 2 and out.exists() and not checkpoint_dir_for(out).exists()
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
+
+
+def test_errors(tmp_path, capsys):
+    with pytest.raises(CompactLMError, match="--loss"):
+        QATRecipe(loss="nope")
+    code, _, err = run_cli(["qat", "--model", "tiny-llama", "--steps", "0", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "--steps" in err
+    import importlib.util
+
+    if importlib.util.find_spec("compactlm.commands.encoder_qat") is None:
+        code, _, err = run_cli(["qat", "--task", "sarcasm", "--out", str(tmp_path / "t")], capsys)
+        assert code == 2 and "--task" in err
