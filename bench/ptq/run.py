@@ -16,7 +16,8 @@ rerun skips finished rows; an interrupted learned row resumes from its last fini
 (``runs/bench-ptq/work/<row>``). Quantized models are kept in ``runs/bench-ptq/models/<row>`` so
 ``--zeroshot-fill`` can add zero-shot numbers to finished rows later.
 
-Usage (one CPU slot; two disjoint selections may run in the two slots at once)::
+Usage (one CPU slot; two disjoint selections may run in the two slots at once; ``--cpuslot``
+takes a slot per row instead, so other jobs can run between rows)::
 
     /work/cpuslot .venv/bin/python bench/ptq/run.py                   # whole grid
     /work/cpuslot .venv/bin/python bench/ptq/run.py --groups main --methods lrq,flexround
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/bench-ptq")
     p.add_argument("--peers-python", default=".venv-peers/bin/python")
     p.add_argument("--peers-out", default="runs/peers", help="llm-compressor checkpoints (one folder per cell)")
+    p.add_argument("--cpuslot", default=None,
+                   help="run each row through this slot wrapper (e.g. /work/cpuslot), releasing the slot between rows")
     p.add_argument("--report", action="store_true", help="only rewrite ptq.md and ptq.png")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = p.parse_args(argv)
@@ -272,7 +275,7 @@ def main(argv=None) -> None:
             log.info("skip %s (done)", row.key)
             continue
         log.info("row %s", row.key)
-        child = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]),
+        child = ([args.cpuslot] if args.cpuslot else []) + [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]),
                  "--row", row.key]
         t0 = time.perf_counter()
         rc = subprocess.run(child, cwd=ROOT, env={**os.environ, "PTQ_BENCH_COMMAND": command}).returncode
