@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.evaluate",
     "compactlm.commands.finetune",
     "compactlm.commands.qat",
+    "compactlm.commands.encoder_qat",
     "compactlm.commands.export",
     "compactlm.commands.lut",
 )

@@ -270,11 +270,12 @@ def run_encoder_qat(
     teacher: nn.Module, tokenizer, config: EncoderQATConfig, progress: bool = True,
     terms: tuple[tuple[str, float], ...] | None = None,
     on_step: Callable[[nn.Module, int, int], None] | None = None,
+    eval_splits: tuple[str, ...] = ("validation", "test"),
 ) -> tuple[nn.Module, dict]:
     """Quantize a copy of ``teacher`` with KD-QAT; returns ``(converted student, report)``.
 
-    The teacher is left untouched. The report holds test / validation accuracy of the converted
-    (integer-grid) student, the loss at the start and end, steps and seconds.
+    The teacher's weights are left untouched. The report holds the accuracy of the converted
+    (integer-grid) student on ``eval_splits``, the loss at the start and end, steps and seconds.
     """
     check_classifier(teacher, config.task)
     scheme = parse_encoder_scheme(config.scheme)
@@ -301,7 +302,7 @@ def run_encoder_qat(
         "loss_start": _mean_tail(history[:10]),
         "loss_end": _mean_tail(history),
         "train_seconds": round(train_seconds, 1),
-        **evaluate_classifier(student, tokenizer, config.task, config.eval_limit, config.max_length),
+        **evaluate_classifier(student, tokenizer, config.task, config.eval_limit, config.max_length, eval_splits),
     }
     return student, report
 

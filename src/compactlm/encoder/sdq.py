@@ -62,14 +62,19 @@ def sdq_terms(config: SDQConfig) -> tuple[tuple[str, float], ...]:
     return (("logits_kl", 1.0), ("attn_map", config.beta))
 
 
-def run_sdq(teacher: nn.Module, tokenizer, config: SDQConfig, progress: bool = True) -> tuple[nn.Module, dict]:
-    """SDQ-quantize a copy of ``teacher``; returns ``(converted student, report)``."""
+def run_sdq(
+    teacher: nn.Module, tokenizer, config: SDQConfig, progress: bool = True,
+    eval_splits: tuple[str, ...] = ("validation", "test"),
+) -> tuple[nn.Module, dict]:
+    """SDQ-quantize a copy of ``teacher``; returns ``(converted student, report)`` (see ``run_encoder_qat``)."""
     quant_noise_share(0, 1, config.p_start, config.ramp)  # validates the schedule options
     terms = sdq_terms(config)
 
     def on_step(student: nn.Module, step: int, total: int) -> None:
         set_noise_share(student, quant_noise_share(step, total, config.p_start, config.ramp))
 
-    student, report = run_encoder_qat(teacher, tokenizer, config, progress=progress, terms=terms, on_step=on_step)
+    student, report = run_encoder_qat(
+        teacher, tokenizer, config, progress=progress, terms=terms, on_step=on_step, eval_splits=eval_splits
+    )
     report.update(method="sdq", **{k: v for k, v in dataclasses.asdict(config).items() if k in ("beta", "p_start", "ramp")})
     return student, report

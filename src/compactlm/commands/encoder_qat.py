@@ -1,0 +1,148 @@
+"""Encoder QAT / SDQ from the command line.
+
+Two entry points:
+
+* ``compactlm qat --model runs/teacher --task sarcasm --scheme w2a8 --loss attn-map ...``: the
+  general ``qat`` command (decoders, TSLD) calls :func:`add_encoder_arguments` on its parser and
+  delegates here with :func:`run_encoder_qat_command` when ``--task`` is given. ``--loss`` is one of
+  ``score-mse``, ``attn-map``, ``attn-out``, ``map-out`` (:data:`compactlm.encoder.qat.VARIANTS`) or
+  ``sdq``.
+* ``compactlm sdq --model runs/teacher --task sarcasm``: SDQ (W8A8, Quant-Noise + logits / attention
+  KL), the same as ``compactlm qat --task ... --loss sdq --scheme w8a8``.
+
+Both write a quantized run directory (``<out>/model``, ``quantization.json``, ``quant_state.safetensors``
+— reloadable with ``load_model(out)`` — plus ``report.json`` with validation / test accuracy), atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+ENCODER_DEFAULTS = {"steps": None, "lr": 2e-5, "batch_size": 32}
+
+
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the encoder-only flags (all default ``None``) to a ``qat``-style parser.
+
+    The parser is expected to define ``--model --scheme --loss --steps --seq-len --out --seed --lr
+    --batch-size`` itself; these are read from the parsed namespace, never redefined here.
+    """
+    from compactlm.data.classification import TASKS
+
+    g = p.add_argument_group("encoder QAT / SDQ (with --task)")
+    g.add_argument("--task", default=None, choices=sorted(TASKS),
+                   help="classification task: switches to encoder QAT of a fine-tuned teacher (see `compactlm finetune`)")
+    g.add_argument("--train-limit", type=int, default=None, help="encoder: seeded subset of the train split (default: all)")
+    g.add_argument("--eval-limit", type=int, default=None, help="encoder: seeded subset of validation/test (default: all)")
+    g.add_argument("--beta", type=float, default=None, help="SDQ: weight of the attention KL (default 1)")
+    g.add_argument("--p-start", type=float, default=None, help="SDQ: Quant-Noise share at the first step (default 0.1)")
+    g.add_argument("--ramp", type=float, default=None, help="SDQ: fraction of steps until all blocks are quantized (default 0.8)")
+
+
+def _arg(args: argparse.Namespace, name: str, default=None):
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def build_config(args: argparse.Namespace):
+    """The :class:`EncoderQATConfig` / :class:`SDQConfig` an argument namespace asks for."""
+    from compactlm.encoder.qat import VARIANTS, EncoderQATConfig
+    from compactlm.encoder.quantizers import parse_encoder_scheme
+    from compactlm.encoder.sdq import SDQConfig
+    from compactlm.errors import CompactLMError
+
+    loss = _arg(args, "loss")
+    if loss not in (*VARIANTS, "sdq"):
+        raise CompactLMError(f"--loss: with --task, choose one of {', '.join((*VARIANTS, 'sdq'))}; got {loss!r}")
+    common = dict(
+        task=args.task,
+        steps=_arg(args, "steps"),
+        lr=_arg(args, "lr", ENCODER_DEFAULTS["lr"]),
+        batch_size=_arg(args, "batch_size", ENCODER_DEFAULTS["batch_size"]),
+        warmup=_arg(args, "warmup", 0.1),
+        max_length=_arg(args, "seq_len"),
+        train_limit=_arg(args, "train_limit"),
+        eval_limit=_arg(args, "eval_limit"),
+        seed=_arg(args, "seed", 0),
+    )
+    if loss == "sdq":
+        scheme = _arg(args, "scheme", "w8a8")
+        parse_encoder_scheme(scheme)
+        return SDQConfig(scheme=scheme, beta=_arg(args, "beta", 1.0), p_start=_arg(args, "p_start", 0.1),
+                         ramp=_arg(args, "ramp", 0.8), **common)
+    scheme = _arg(args, "scheme", "w2a8")
+    parse_encoder_scheme(scheme)
+    return EncoderQATConfig(scheme=scheme, loss=loss, **common)
+
+
+def run_encoder_qat_command(args: argparse.Namespace) -> int:
+    """Run encoder QAT or SDQ for a parsed ``qat`` / ``sdq`` namespace; writes the run directory."""
+    import torch
+
+    from compactlm.data.classification import get_task
+    from compactlm.encoder.qat import run_encoder_qat
+    from compactlm.encoder.sdq import SDQConfig, run_sdq
+    from compactlm.errors import CompactLMError
+    from compactlm.io import atomic_dir, write_json
+    from compactlm.models import load_model, save_quantized
+
+    if not getattr(args, "out", None):
+        raise CompactLMError("--out: give the run directory to write")
+    if not getattr(args, "model", None):
+        raise CompactLMError("--model: give the fine-tuned teacher (a `compactlm finetune` run directory)")
+    if os.environ.get("COMPACTLM_THREADS"):
+        torch.set_num_threads(int(os.environ["COMPACTLM_THREADS"]))
+    config = build_config(args)
+    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    task = get_task(config.task)
+    progress = not getattr(args, "no_progress", False)
+    with atomic_dir(args.out, overwrite=bool(getattr(args, "overwrite", False))) as tmp:
+        teacher, tokenizer = load_model(args.model, head="sequence-classification", num_labels=task.num_labels,
+                                        device=device)
+        if isinstance(config, SDQConfig):
+            student, report = run_sdq(teacher, tokenizer, config, progress=progress)
+        else:
+            student, report = run_encoder_qat(teacher, tokenizer, config, progress=progress)
+        extra = {"method": report.get("method", "encoder-qat"), "teacher": str(args.model),
+                 **{k: v for k, v in dataclasses.asdict(config).items()}}
+        save_quantized(student, tokenizer, tmp, extra_config=extra)
+        write_json(tmp / "report.json", {"model": str(args.model), **report})
+    print(f"{config.task} {report['scheme']} {config.loss}: validation acc {report['val_acc']:.4f}, "
+          f"test acc {report['test_acc']:.4f} -> {args.out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``compactlm sdq``: SDQ of a fine-tuned encoder (W8A8 by default)."""
+    p = sub.add_parser(
+        "sdq",
+        help="SDQ: self-distilled 8-bit QAT of a fine-tuned encoder (Quant-Noise + logits/attention KL)",
+        description="Self-distilled quantization (O'Neill & Dutta 2023) of a `compactlm finetune` run; writes a "
+        "quantized run directory with report.json.",
+    )
+    p.add_argument("--model", required=True, help="fine-tuned teacher: a `compactlm finetune` run directory")
+    p.add_argument("--scheme", default="w8a8", help="w8a8 (default), w4a8 or w2a8")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 3 epochs over the train data)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step (default 32)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per example (default: the task's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order and subsets (default: %(default)s)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_encoder_arguments(p)
+    p.set_defaults(func=_run_sdq, loss="sdq")
+
+
+def _run_sdq(args: argparse.Namespace) -> int:
+    from compactlm.errors import CompactLMError
+
+    if args.task is None:
+        raise CompactLMError("--task: SDQ needs the classification task the teacher was fine-tuned on")
+    args.loss = "sdq"
+    return run_encoder_qat_command(args)

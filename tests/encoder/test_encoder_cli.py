@@ -1,0 +1,65 @@
+"""`compactlm qat --task ...` (delegated encoder QAT) and `compactlm sdq` end to end on a tiny BERT
+teacher with the character tokenizer and the real sarcasm splits (a few examples, two steps)."""
+
+import argparse
+import json
+
+import pytest
+
+from compactlm.cli import main
+from compactlm.commands.encoder_qat import add_encoder_arguments, build_config
+from compactlm.data.char_tokenizer import char_tokenizer
+from compactlm.encoder.sdq import SDQConfig
+from compactlm.errors import CompactLMError
+from compactlm.models import load_model
+from compactlm.models.tiny import tiny_model
+from compactlm.quant import QuantLinear
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("teacher")
+    tiny_model("bert", head="sequence-classification").save_pretrained(d / "model")
+    char_tokenizer().save_pretrained(d / "model")
+    return d
+
+
+def _qat_like_parser():
+    """The decoder `qat` flags this module must coexist with (all default None), plus ours."""
+    p = argparse.ArgumentParser()
+    for flag in ("--model", "--scheme", "--loss", "--out"):
+        p.add_argument(flag)
+    for flag in ("--steps", "--seq-len", "--seed", "--batch-size"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--lr", type=float)
+    add_encoder_arguments(p)
+    return p
+
+
+def test_build_config_defaults_and_errors():
+    p = _qat_like_parser()
+    c = build_config(p.parse_args(["--task", "sarcasm", "--loss", "map-out", "--seq-len", "32", "--steps", "5"]))
+    assert (c.scheme, c.loss, c.max_length, c.steps, c.lr, c.batch_size) == ("w2a8", "map-out", 32, 5, 2e-5, 32)
+    c = build_config(p.parse_args(["--task", "sarcasm", "--loss", "sdq", "--beta", "0.5"]))
+    assert isinstance(c, SDQConfig) and c.scheme == "w8a8" and c.beta == 0.5
+    with pytest.raises(CompactLMError, match="--loss"):
+        build_config(p.parse_args(["--task", "sarcasm"]))  # the decoder default (None / tsld) is no encoder loss
+    with pytest.raises(CompactLMError, match="--scheme"):
+        build_config(p.parse_args(["--task", "sarcasm", "--loss", "attn-map", "--scheme", "w2a16"]))
+
+
+@pytest.mark.parametrize("argv", [
+    ["qat", "--scheme", "w2a8", "--loss", "attn-map"],
+    ["sdq", "--ramp", "0.5"],
+])
+def test_cli_writes_loadable_quantized_run(teacher_dir, tmp_path, argv, capsys):
+    out = tmp_path / "run"
+    rc = main([*argv, "--model", str(teacher_dir), "--task", "sarcasm", "--steps", "2", "--batch-size", "8",
+               "--seq-len", "24", "--train-limit", "16", "--eval-limit", "16", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2 and report["test_examples"] == 16 and 0.0 <= report["test_acc"] <= 1.0
+    model, tok = load_model(str(out))
+    qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert len(qls) == 12 and {m.bits for m in qls} == ({2} if argv[0] == "qat" else {8})
+    assert "test acc" in capsys.readouterr().out
