@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantizer", help="auto | twn | pact | lsq | minmax (default auto: twn at 2 bits, minmax above)")
     p.add_argument("--per", help="TWN granularity: channel | tensor (default channel)")
     p.add_argument("--clip", type=float, help="TWN symmetric pre-clip of the latent weights (default none)")
+    p.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
+                   help="also train the full-precision embeddings / lm_head (default: frozen at the teacher's)")
     p.add_argument("--loss", help="gt | kd | kd+gt | tsld | rkl | l2l, or term:weight,... (default tsld = tsld + gt)")
     p.add_argument("--temperature", type=float, help="KD temperature of kd/rkl (default 1)")
     p.add_argument("--tsld-tau", type=float, help="TSLD token-scale temperature (default 10)")
@@ -71,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_RECIPE_FLAGS = ("model", "scheme", "quantizer", "per", "clip", "loss", "temperature", "tsld_tau", "data",
+_RECIPE_FLAGS = ("model", "scheme", "quantizer", "per", "clip", "freeze_embeddings", "loss", "temperature", "tsld_tau", "data",
                  "samples", "seq_len", "steps", "batch_size", "grad_accum", "lr", "warmup", "schedule", "seed",
                  "checkpoint_every")
 

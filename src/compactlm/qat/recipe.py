@@ -30,20 +30,24 @@ from compactlm.qat.prepare import QATConfig
 
 
 @dataclass
-class QATRecipe:
+class QATRecipe(TrainConfig):
     """Everything a generative-LM QAT run needs (see the module docstring).
 
     Attributes:
         model: Teacher / student initialization (embedded name, folder, hub id).
         scheme: Quantization scheme string.
         quantizer / per / clip: :class:`~compactlm.qat.prepare.QATConfig` fields.
+        freeze_embeddings: Keep the (full-precision) input embeddings and ``lm_head`` at the
+            teacher's values; only block linears and norms train (cheaper: no vocabulary-sized
+            weight gradient or optimizer state).
         loss: Preset name, ``"term:w,..."``, ``{term: weight}`` or ``[[term, weight], ...]``.
         temperature: KD temperature (``kd`` / ``rkl`` terms).
         tsld_tau: TSLD token-scale temperature.
         data: Training corpus (``compactlm.data.load_texts`` source).
         samples: Training windows drawn from ``data``.
         seq_len: Tokens per window.
-        steps ... checkpoint_every: :class:`~compactlm.distill.trainer.TrainConfig` fields.
+        steps, batch_size, grad_accum, lr, ...: inherited :class:`~compactlm.distill.trainer.TrainConfig`
+            fields (checkpoints every 10 steps by default).
     """
 
     model: str = "smollm2-135m"
@@ -51,21 +55,13 @@ class QATRecipe:
     quantizer: str = "auto"
     per: str = "channel"
     clip: float | None = None
+    freeze_embeddings: bool = True
     loss: Any = "tsld"
     temperature: float = 1.0
     tsld_tau: float = 10.0
     data: str = "wiki"
     samples: int = 256
     seq_len: int = 128
-    steps: int = 100
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup: float = 0.05
-    schedule: str = "linear"
-    max_grad_norm: float = 1.0
-    seed: int = 0
     checkpoint_every: int = 10
     extra: dict = field(default_factory=dict)
 

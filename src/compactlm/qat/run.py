@@ -88,6 +88,10 @@ def run_qat(
     if teacher is None:
         teacher, tokenizer = load_model(recipe.model)
     student = prepare_qat(copy.deepcopy(teacher), scheme, recipe.qat_config())
+    if recipe.freeze_embeddings:
+        for emb in (student.get_input_embeddings(), student.get_output_embeddings()):
+            if emb is not None:
+                emb.requires_grad_(False)
     data = training_tokens(tokenizer, recipe, teacher.config.vocab_size)
     objective = LMDistillLoss(teacher, parse_terms(recipe.loss), recipe.temperature, recipe.tsld_tau)
     trainer = DistillTrainer(student, objective, data, recipe.train_config(), checkpoint_dir=ckpt,
