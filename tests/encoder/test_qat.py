@@ -23,12 +23,12 @@ from compactlm.encoder.quantizers import (
     FakeQuantLinear,
     fake_quant_weight,
     parse_encoder_scheme,
-    ternary_codes,
     to_quantized_weight,
 )
 from compactlm.encoder.sdq import SDQConfig, quant_noise_share, sdq_terms
 from compactlm.errors import CompactLMError
 from compactlm.models.tiny import tiny_model
+from compactlm.qat.quantizers import twn_ternarize
 from compactlm.quant import QuantLinear
 
 
@@ -44,7 +44,7 @@ def _batch(n=16, t=12, seed=0):
 def test_ternary_codes_three_levels_per_tensor_and_per_row():
     w = torch.randn(16, 32)
     w[3] *= 10  # a row with a much larger range
-    codes, alpha = ternary_codes(w, "tensor")
+    codes, alpha = twn_ternarize(w, "tensor")
     assert set(codes.unique().tolist()) == {-1.0, 0.0, 1.0}
     assert alpha.shape == (16, 1) and torch.all(alpha == alpha[0])
     # TWN: threshold 0.7·mean|W|, alpha = mean of the kept magnitudes
@@ -52,7 +52,7 @@ def test_ternary_codes_three_levels_per_tensor_and_per_row():
     kept = w.abs() > delta
     torch.testing.assert_close(alpha[0, 0], w.abs()[kept].mean())
     assert torch.equal(codes != 0, kept)
-    codes_r, alpha_r = ternary_codes(w, "row")
+    codes_r, alpha_r = twn_ternarize(w, "row")
     assert alpha_r.shape == (16, 1) and alpha_r[3, 0] > 5 * alpha_r[0, 0]
     for r in range(16):  # every row: codes on three levels, values {−α_r, 0, α_r}
         assert set((codes_r[r] * alpha_r[r]).unique().tolist()) <= {-alpha_r[r].item(), 0.0, alpha_r[r].item()}

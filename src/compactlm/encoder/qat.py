@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compactlm.data.classification import get_task
@@ -41,6 +40,7 @@ from compactlm.distill.attention_losses import (
     attention_score_mse,
     sum_over_layers,
 )
+from compactlm.distill.losses import hidden_state_mse, logit_kd
 from compactlm.encoder.finetune import (
     FinetuneConfig,
     accuracy,
@@ -124,25 +124,12 @@ class KDOutputs:
     outputs: list[torch.Tensor] = field(default_factory=list)
 
 
-def soft_cross_entropy(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``mean_b Σ_c −softmax(z_T/τ)_c · log softmax(z_S/τ)_c`` for ``(B, C)`` logits."""
-    p_t = F.softmax(logits_t / temperature, dim=-1)
-    return -(p_t * F.log_softmax(logits_s / temperature, dim=-1)).sum(-1).mean()
-
-
-def logits_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``mean_b KL(softmax(z_T/τ) ‖ softmax(z_S/τ))`` for ``(B, C)`` logits (0 when equal)."""
-    log_p_t = F.log_softmax(logits_t / temperature, dim=-1)
-    log_p_s = F.log_softmax(logits_s / temperature, dim=-1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
-
-
 Term = Callable[[KDOutputs, KDOutputs, torch.Tensor], torch.Tensor]
 
 TERMS: dict[str, Term] = {
-    "pred": lambda s, t, m: soft_cross_entropy(s.logits, t.logits),
-    "logits_kl": lambda s, t, m: logits_kl(s.logits, t.logits),
-    "hidden": lambda s, t, m: sum_over_layers(attention_output_mse, s.hidden, t.hidden, m),
+    "pred": lambda s, t, m: logit_kd(s.logits, t.logits, form="soft_ce"),
+    "logits_kl": lambda s, t, m: logit_kd(s.logits, t.logits, form="kl"),
+    "hidden": lambda s, t, m: sum_over_layers(hidden_state_mse, s.hidden, t.hidden, m),
     "attn_score": lambda s, t, m: sum_over_layers(attention_score_mse, s.scores, t.scores, m),
     "attn_map": lambda s, t, m: sum_over_layers(attention_map_kl, s.probs, t.probs, m),
     "attn_out": lambda s, t, m: sum_over_layers(attention_output_mse, s.outputs, t.outputs, m),

@@ -33,13 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactlm.errors import CompactLMError
+from compactlm.qat.quantizers import twn_ternarize
 from compactlm.quant.activation import ActQuantizer
 from compactlm.quant.linear import QuantLinear
 from compactlm.quant.primitives import quantize, weight_qparams
 from compactlm.quant.qweight import QuantizedWeight
-
-TWN_RATIO = 0.7
-
 
 @dataclass(frozen=True)
 class EncoderScheme:
@@ -90,25 +88,6 @@ def _clip(w: torch.Tensor, clip: float | None) -> torch.Tensor:
     return w if clip is None else w.clamp(-clip, clip)
 
 
-def ternary_codes(w: torch.Tensor, per: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
-    """TWN ternarization of ``w`` ``[C_out, C_in]``.
-
-    Returns:
-        ``(codes, alpha)``: codes in {−1, 0, 1} ``[C_out, C_in]``, ``alpha`` ``[C_out, 1]``
-        (the same value on every row when ``per == "tensor"``).
-    """
-    w = w.detach()
-    dims = None if per == "tensor" else 1
-    absw = w.abs()
-    delta = TWN_RATIO * (absw.mean() if dims is None else absw.mean(dim=1, keepdim=True))
-    keep = absw > delta
-    kept_sum = (absw * keep).sum() if dims is None else (absw * keep).sum(dim=1, keepdim=True)
-    kept_n = keep.sum() if dims is None else keep.sum(dim=1, keepdim=True)
-    alpha = kept_sum / kept_n.clamp_min(1)
-    codes = torch.sign(w) * keep
-    return codes, alpha.expand(w.shape[0], 1).clone() if dims is None else alpha
-
-
 def uniform_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric ``bits``-bit min/max quantization per row: ``(codes [C_out, C_in], scale [C_out, 1])``."""
     w = w.detach()
@@ -118,7 +97,7 @@ def uniform_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
 
 def weight_codes(w: torch.Tensor, scheme: EncoderScheme, per: str) -> tuple[torch.Tensor, torch.Tensor]:
     w = _clip(w, scheme.clip)
-    return ternary_codes(w, per) if scheme.w_bits == 2 else uniform_codes(w, scheme.w_bits)
+    return twn_ternarize(w, per) if scheme.w_bits == 2 else uniform_codes(w, scheme.w_bits)
 
 
 def fake_quant_weight(
