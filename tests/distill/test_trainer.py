@@ -37,7 +37,7 @@ def _setup(loss="tsld", scheme="w2a16"):
     return teacher, student, data
 
 
-@pytest.mark.parametrize("loss", ["gt", "kd", "kd+gt", "tsld", "l2l", "rkl"])
+@pytest.mark.parametrize("loss", ["gt", "kd", "kd+gt", "tsld", "l2l", "rkl", "attn"])
 def test_few_steps_lower_the_loss(loss):
     teacher, student, data = _setup()
     cfg = TrainConfig(steps=12, batch_size=4, lr=3e-4, warmup=0.0, schedule="constant")

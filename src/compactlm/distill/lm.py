@@ -10,15 +10,19 @@ kd         forward ``τ²·KL(p_T ‖ p_S)`` per token (logit KD), temperature `
 rkl        reverse ``τ²·KL(p_S ‖ p_T)`` per token
 tsld       token-scaled logit distillation (Kim et al., NeurIPS 2023), token temperature ``tsld_tau``
 hidden     layer-to-layer: ``Σ_l MSE(H_S^l, H_T^l)`` over the embedding output and every block output
+attn       layer-to-layer: ``Σ_l MSE(A_S^l, A_T^l)`` over attention *probabilities* ``(B, H, T, T)``
+           and valid (query, key) pairs (decoders rotate q/k, so TernaryBERT's pre-softmax scores
+           are not captured; :class:`compactlm.models.attention.AttentionCapture`, eager attention)
 =========  =====================================================================================
 
 Presets (:data:`LOSS_PRESETS`) name the variants of the TSLD paper's comparison: ``gt``, ``kd``
-(logit KD), ``kd+gt``, ``tsld`` (= TSLD + GT, the paper's total loss) and ``l2l`` (hidden-state
-layer-to-layer + logit KD).
+(logit KD), ``kd+gt``, ``tsld`` (= TSLD + GT, the paper's total loss) and ``l2l`` (layer-to-layer:
+hidden states + attention maps, plus logit KD).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Mapping, Sequence
 
 import torch
@@ -27,14 +31,14 @@ from torch import nn
 from compactlm.distill import losses as L
 from compactlm.errors import CompactLMError
 
-TERMS = ("gt", "kd", "rkl", "tsld", "hidden")
+TERMS = ("gt", "kd", "rkl", "tsld", "hidden", "attn")
 LOSS_PRESETS: dict[str, tuple[tuple[str, float], ...]] = {
     "gt": (("gt", 1.0),),
     "kd": (("kd", 1.0),),
     "kd+gt": (("kd", 1.0), ("gt", 1.0)),
     "tsld": (("tsld", 1.0), ("gt", 1.0)),
     "rkl": (("rkl", 1.0),),
-    "l2l": (("hidden", 1.0), ("kd", 1.0)),
+    "l2l": (("hidden", 1.0), ("attn", 1.0), ("kd", 1.0)),
 }
 
 
@@ -87,8 +91,14 @@ class LMDistillLoss:
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.hidden = "hidden" in names
+        self.attn = "attn" in names
         self.temperature = temperature
         self.tsld_tau = tsld_tau
+
+    def _capture(self, model: nn.Module, detach: bool):
+        from compactlm.models.attention import AttentionCapture
+
+        return AttentionCapture(model, probs=True, detach=detach) if self.attn else nullcontext()
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]):
         ids = batch["input_ids"]
@@ -96,11 +106,12 @@ class LMDistillLoss:
         labels = batch.get("labels", ids)
         if am is not None:
             labels = labels.masked_fill(am == 0, L.IGNORE_INDEX)
-        out_s = model(input_ids=ids, attention_mask=am, output_hidden_states=self.hidden)
+        with self._capture(getattr(model, "module", model), detach=False) as cap_s:
+            out_s = model(input_ids=ids, attention_mask=am, output_hidden_states=self.hidden)
         z_s, y, mask = L.shift_for_causal_lm(out_s.logits, labels, am)
         z_t = out_t = None
         if self.needs_teacher:
-            with torch.no_grad():
+            with torch.no_grad(), self._capture(self.teacher, detach=True) as cap_t:
                 out_t = self.teacher(input_ids=ids, attention_mask=am, output_hidden_states=self.hidden)
             z_t = out_t.logits[:, :-1]
         parts: dict[str, torch.Tensor] = {}
@@ -114,9 +125,10 @@ class LMDistillLoss:
                 value = L.reverse_kl(z_s, z_t, mask, self.temperature)
             elif name == "tsld":
                 value = L.tsld_loss(z_s, z_t, y, mask, self.tsld_tau)
-            else:  # hidden
-                m = am if am is not None else None
-                value = sum(L.hidden_state_mse(hs, ht, m) for hs, ht in zip(out_s.hidden_states, out_t.hidden_states))
+            elif name == "hidden":
+                value = sum(L.hidden_state_mse(hs, ht, am) for hs, ht in zip(out_s.hidden_states, out_t.hidden_states))
+            else:  # attn
+                value = sum(L.attention_score_mse(a_s, a_t, am) for a_s, a_t in zip(cap_s.probs, cap_t.probs))
             parts[name] = value.detach()
             total = total + weight * value
         return total, parts
