@@ -50,6 +50,11 @@ def test_cli_writes_a_run_dir_that_reloads_and_matches(tmp_path, capsys):
     for q in qls:  # ternary: three levels per channel at most
         assert q.int_weight.min() >= -1 and q.int_weight.max() <= 1
     assert not checkpoint_dir_for(out).exists()
+    # the PTQ path's export works unchanged on the ternary grid
+    code, stdout, err = run_cli(["export", "--model", str(out), "--format", "compressed-tensors",
+                                 "--out", str(tmp_path / "ct"), "--verify"], capsys)
+    assert code == 0, err
+    assert '"weight_bits": 2' in stdout and '"max_abs_logit_diff": 0.0' in stdout
     code, _, err = run_cli(["qat", "--model", "tiny-llama", *FAST, "--out", str(out)], capsys)
     assert code == 2 and "--overwrite" in err
 
