@@ -49,7 +49,8 @@ QAT_ROWS = {
     "qat-tsld": ("w2a16", "tsld"),
     "qat-tsld-w4a16": ("w4a16", "tsld"),
 }
-ROWS = ("fp", "rtn-w2a16", "rtn-w2a16-g64", "lrq-w2a16-g64", *QAT_ROWS)
+ROWS = ("fp", "qat-tsld", "rtn-w2a16", "qat-kd", "qat-kd+gt", "qat-gt", "qat-tsld-w4a16", "lrq-w2a16-g64",
+        "rtn-w2a16-g64")  # priority order
 log = logging.getLogger("bench.qat")
 
 
@@ -79,6 +80,26 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def claim(row: str) -> bool:
+    """Claim ``row`` for this process (two bench processes share one row list); stale claims are retaken."""
+    d = RUNS / "claims"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / row
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(path.read_text() or 0)
+            os.kill(pid, 0)
+            return pid == os.getpid()
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)
+            return claim(row)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def append_row(rec: dict, history: list | None) -> tuple[list, dict]:
@@ -212,12 +233,11 @@ def main(argv=None) -> int:
     from compactlm.models import load_model
 
     teacher, tok = load_model(MODEL)
-    done = {r["row"] for r in records}
     for row in args.rows.split(","):
-        if row in done:
-            continue
         if row not in ROWS:
             raise SystemExit(f"--rows: unknown row {row!r}; known: {', '.join(ROWS)}")
+        if row in {r["row"] for r in read_json(JSON, [])} or not claim(row):
+            continue
         log.info("row %s", row)
         rec, history = run_row(row, args, teacher, tok)
         if not rec:
