@@ -63,3 +63,19 @@ def test_cli_writes_loadable_quantized_run(teacher_dir, tmp_path, argv, capsys):
     qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(qls) == 12 and {m.bits for m in qls} == ({2} if argv[0] == "qat" else {8})
     assert "test acc" in capsys.readouterr().out
+
+
+def test_recipe_fills_unset_flags_and_flags_win(tmp_path):
+    from compactlm.commands.encoder_qat import apply_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: sarcasm\nloss: attn-out\nsteps: 7\nlr: 1.0e-4\nseq_len: 24\n")
+    args = _qat_like_parser().parse_args(["--steps", "3"])
+    apply_recipe(args, str(recipe))
+    c = build_config(args)
+    assert (c.task, c.loss, c.steps, c.lr, c.max_length) == ("sarcasm", "attn-out", 3, 1e-4, 24)
+    recipe.write_text("task: sarcasm\nlearning_rate: 1\n")
+    with pytest.raises(CompactLMError, match="--recipe: unknown"):
+        apply_recipe(_qat_like_parser().parse_args([]), str(recipe))
+    with pytest.raises(CompactLMError, match="--recipe: no such file"):
+        apply_recipe(_qat_like_parser().parse_args([]), str(tmp_path / "missing.yaml"))

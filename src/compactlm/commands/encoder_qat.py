@@ -10,6 +10,9 @@ Two entry points:
 * ``compactlm sdq --model runs/teacher --task sarcasm``: SDQ (W8A8, Quant-Noise + logits / attention
   KL), the same as ``compactlm qat --task ... --loss sdq --scheme w8a8``.
 
+Both take ``--recipe file.yaml`` (keys as the flags, ``_`` for ``-``; flags win), e.g.
+``bench/encoder/recipes/w2a8-map-out.yaml``.
+
 Both write a quantized run directory (``<out>/model``, ``quantization.json``, ``quant_state.safetensors``
 — reloadable with ``load_model(out)`` — plus ``report.json`` with validation / test accuracy), atomically.
 """
@@ -42,6 +45,36 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=None, help="SDQ: weight of the attention KL (default 1)")
     g.add_argument("--p-start", type=float, default=None, help="SDQ: Quant-Noise share at the first step (default 0.1)")
     g.add_argument("--ramp", type=float, default=None, help="SDQ: fraction of steps until all blocks are quantized (default 0.8)")
+
+
+RECIPE_KEYS = ("model", "task", "scheme", "loss", "steps", "seq_len", "lr", "batch_size", "warmup", "seed",
+               "train_limit", "eval_limit", "beta", "p_start", "ramp")
+
+
+def apply_recipe(args: argparse.Namespace, path: str) -> None:
+    """Fill the flags left unset (``None``) from a YAML recipe (keys as the flags, ``_`` for ``-``).
+
+    Flags given on the command line win over the recipe.
+    """
+    import yaml
+
+    from compactlm.errors import CompactLMError
+
+    if not os.path.isfile(path):
+        raise CompactLMError(f"--recipe: no such file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise CompactLMError(f"--recipe: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CompactLMError(f"--recipe: {path} must hold a mapping of settings")
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise CompactLMError(f"--recipe: unknown encoder key(s) {unknown}; known: {list(RECIPE_KEYS)}")
+    for key, value in data.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
 
 
 def _arg(args: argparse.Namespace, name: str, default=None):
@@ -91,6 +124,8 @@ def run_encoder_qat_command(args: argparse.Namespace) -> int:
     from compactlm.io import atomic_dir, write_json
     from compactlm.models import load_model, save_quantized
 
+    if getattr(args, "recipe", None):
+        apply_recipe(args, args.recipe)
     if not getattr(args, "out", None):
         raise CompactLMError("--out: give the run directory to write")
     if not getattr(args, "model", None):
@@ -125,13 +160,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Self-distilled quantization (O'Neill & Dutta 2023) of a `compactlm finetune` run; writes a "
         "quantized run directory with report.json.",
     )
-    p.add_argument("--model", required=True, help="fine-tuned teacher: a `compactlm finetune` run directory")
-    p.add_argument("--scheme", default="w8a8", help="w8a8 (default), w4a8 or w2a8")
+    p.add_argument("--recipe", default=None, help="YAML recipe (keys as the flags, _ for -); flags override it")
+    p.add_argument("--model", default=None, help="fine-tuned teacher: a `compactlm finetune` run directory")
+    p.add_argument("--scheme", default=None, help="w8a8 (default), w4a8 or w2a8")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 3 epochs over the train data)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per step (default 32)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example (default: the task's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order and subsets (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="seed of data order and subsets (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -142,6 +178,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run_sdq(args: argparse.Namespace) -> int:
     from compactlm.errors import CompactLMError
 
+    if args.recipe:
+        apply_recipe(args, args.recipe)
     if args.task is None:
         raise CompactLMError("--task: SDQ needs the classification task the teacher was fine-tuned on")
     args.loss = "sdq"
