@@ -76,7 +76,7 @@ def scheme_config(scheme: str) -> dict:
 
 
 def recipe_for(method: str, scheme: str, alpha: float) -> list:
-    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier  # not the .awq shim
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
 
