@@ -114,6 +114,8 @@ def run_minilm(rows: Rows, tables16: dict, limit: int | None) -> None:
     measure("minilm/nn-lut", "nn-lut", tables16, "16-entry tables, test split")
     measure("minilm/uniform", "uniform", {f: uniform_lut(t.fn, 16, t.lo, t.hi, f) for f, t in TARGETS.items()},
             "16-entry uniform tables, test split")
+    measure("minilm/nn-lut-q16", "nn-lut-q16", {f: to_fixed_point(t, 16) for f, t in tables16.items()},
+            "16-entry tables as 16-bit fixed point (integer lookup), test split")
     if not rows.has("minilm/nn-lut-calibrated"):
         train = encode_split(tok, "sarcasm", "train", 64, 0, None)
         batches = [{k: v[i:i + 16] for k, v in train.items() if k != "labels"} for i in range(0, 64, 16)]
