@@ -106,3 +106,13 @@ def test_errors(tmp_path, capsys):
     if importlib.util.find_spec("compactlm.commands.encoder_qat") is None:
         code, _, err = run_cli(["qat", "--task", "sarcasm", "--out", str(tmp_path / "t")], capsys)
         assert code == 2 and "--task" in err
+
+
+def test_same_teacher_object_serves_several_runs():
+    """The teacher is frozen by the first run; the next student must still train."""
+    teacher, _ = load_model("tiny-llama")
+    recipe = QATRecipe(model="tiny-llama", samples=8, seq_len=16, steps=2, batch_size=2)
+    for loss in ("tsld", "kd"):
+        _, _, report = run_qat(recipe, teacher=teacher, loss=loss, progress=False)
+        assert len(report["history"]) == 2
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -87,7 +87,7 @@ def run_qat(
     torch.manual_seed(recipe.seed)
     if teacher is None:
         teacher, tokenizer = load_model(recipe.model)
-    student = prepare_qat(copy.deepcopy(teacher), scheme, recipe.qat_config())
+    student = prepare_qat(copy.deepcopy(teacher).requires_grad_(True), scheme, recipe.qat_config())  # teacher is frozen
     if recipe.freeze_embeddings:
         for emb in (student.get_input_embeddings(), student.get_output_embeddings()):
             if emb is not None:
