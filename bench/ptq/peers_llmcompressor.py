@@ -92,6 +92,18 @@ def recipe_for(method: str, scheme: str, alpha: float) -> list:
     raise SystemExit(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
+def cpu_only_workaround() -> None:
+    """llm-compressor 0.14's AWQ pins cached activations (``IntermediatesCache.pin_memory``), which
+    raises "Cannot access accelerator device" on a CPU-only torch; pinning only speeds up host-to-GPU
+    copies, so without a GPU it is skipped."""
+    import torch
+
+    if not torch.cuda.is_available():
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+
+
 def peak_mem_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -156,6 +168,7 @@ def main() -> None:
     from safetensors import safe_open
 
     torch.set_num_threads(int(os.environ.get("COMPACTLM_THREADS", torch.get_num_threads())))
+    cpu_only_workaround()
     with safe_open(args.calib, "pt") as f:
         ids = f.get_tensor("input_ids")
         args.calib_meta = f.metadata()
