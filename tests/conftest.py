@@ -7,7 +7,7 @@ import torch
 
 from compactlm.models.tiny import DECODER_TYPES, ENCODER_TYPES, TINY_TYPES, tiny_model
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # two threads spin-wait on a loaded 2-core host (12 s -> 150 s seen)
 
 
 @pytest.fixture(autouse=True)
