@@ -1,6 +1,5 @@
 """Shared fixtures: tiny random models per architecture, a private cache, deterministic torch."""
 
-import os
 
 import pytest
 import torch
