@@ -19,14 +19,6 @@ from compactlm.qat import prepare_qat
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread on the shared host."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _setup(loss="tsld", scheme="w2a16"):
     teacher = tiny_model("llama", seed=0)

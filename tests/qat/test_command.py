@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
@@ -14,13 +13,6 @@ from compactlm.quant import QuantLinear
 
 FAST = ["--samples", "8", "--seq-len", "16", "--steps", "3", "--batch-size", "2", "--no-progress"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(argv, capsys):

@@ -14,23 +14,12 @@ With ``--task`` (a classification task), the run is an encoder QAT and is handed
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 
+from compactlm.commands import encoder_qat
+
 log = logging.getLogger(__name__)
-
-ENCODER_MODULE = "compactlm.commands.encoder_qat"
-
-
-def _encoder_module():
-    try:
-        return importlib.import_module(ENCODER_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != ENCODER_MODULE:
-            raise
-        return None
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -65,11 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    encoder = _encoder_module()
-    if encoder is not None and hasattr(encoder, "add_encoder_arguments"):
-        encoder.add_encoder_arguments(p)  # --task and the encoder-only flags
-    else:
-        p.add_argument("--task", help="classification task: encoder QAT (not available in this build)")
+    encoder_qat.add_encoder_arguments(p)  # --task and the encoder-only flags
     p.set_defaults(func=run)
 
 
@@ -79,16 +64,8 @@ _RECIPE_FLAGS = ("model", "scheme", "quantizer", "per", "clip", "freeze_embeddin
 
 
 def run(args: argparse.Namespace) -> int:
-    from compactlm.errors import CompactLMError
-
-    if getattr(args, "task", None):
-        encoder = _encoder_module()
-        if encoder is None or not hasattr(encoder, "run_encoder_qat_command"):
-            raise CompactLMError(
-                "--task: encoder QAT is not available in this build (compactlm.commands.encoder_qat is missing); "
-                "drop --task for generative-LM QAT"
-            )
-        return int(encoder.run_encoder_qat_command(args) or 0)
+    if args.task:
+        return int(encoder_qat.run_encoder_qat_command(args) or 0)
 
     from compactlm.qat.recipe import QATRecipe
     from compactlm.qat.run import run_qat
