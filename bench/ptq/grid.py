@@ -9,7 +9,8 @@ Priority (so a cut-off run has the rows of the targets first):
 1. ``main``: FP reference; W4A16, W3A16, W4A8: RTN, GPTQ, AWQ, FlexRound, LRQ (+ SmoothQuant+RTN
    at W4A8); W8A8: RTN, SmoothQuant+RTN, LRQ (after SmoothQuant migration, as the paper's W8A8).
 2. ``w2``: W2A16-g64: RTN, GPTQ, AWQ, FlexRound, LRQ.
-3. ``sweep``: LRQ iterations per block at W3A16.
+3. ``sweep``: LRQ and FlexRound iterations per block at W3A16 (quality against cost; the main grid
+   is the 20-iteration point).
 4. ``extra``: the cells that answer no target (FlexRound W8A8, GPTQ W8A8, SmoothQuant(llm-compressor)
    at W8A8 and W4A8).
 """
@@ -55,7 +56,7 @@ class Row:
         return self.method in PEER_METHODS
 
 
-def grid(sweep_iters: tuple[int, ...] = (10, 50), smooth_alpha: float = 0.5) -> list[Row]:
+def grid(sweep_iters: tuple[int, ...] = (10, 50, 100), smooth_alpha: float = 0.5) -> list[Row]:
     """All rows in priority order (see the module docstring)."""
     rows = [Row("fp", "fp32", "main")]
     for scheme in ("w4a16", "w3a16", "w4a8"):
@@ -66,7 +67,7 @@ def grid(sweep_iters: tuple[int, ...] = (10, 50), smooth_alpha: float = 0.5) -> 
         rows += [Row("gptq", scheme, "main"), Row("awq", scheme, "main"), Row("flexround", scheme, "main")]
     rows.append(Row("smoothquant", "w4a8", "main", options={"alpha": smooth_alpha}))
     rows += [Row(m, "w2a16-g64", "w2") for m in ("rtn", "gptq", "awq", "lrq", "flexround")]
-    rows += [Row("lrq", "w3a16", "sweep", f"iters={n}", {"iters": n}) for n in sweep_iters]
+    rows += [Row(m, "w3a16", "sweep", f"iters={n}", {"iters": n}) for n in sweep_iters for m in LEARNED]
     rows += [Row("flexround", "w8a8", "extra", options={"smooth_alpha": smooth_alpha}),
              Row("gptq", "w8a8", "extra"), Row("smoothquant-llmc", "w8a8", "extra"),
              Row("smoothquant-llmc", "w4a8", "extra")]

@@ -14,7 +14,8 @@ Each row runs in its own child process (a clean peak-memory measurement), is app
 ``bench/results/ptq.json`` as soon as it finishes, and ``ptq.md`` / ``ptq.png`` are rewritten. A
 rerun skips finished rows; an interrupted learned row resumes from its last finished block
 (``runs/bench-ptq/work/<row>``). Quantized models are kept in ``runs/bench-ptq/models/<row>`` so
-``--zeroshot-fill`` can add zero-shot numbers to finished rows later.
+``--refresh`` can re-evaluate finished rows later with a larger evaluation (more perplexity tokens,
+zero-shot) without quantizing again. Sweep rows report perplexity only.
 
 Usage (one CPU slot; two disjoint selections may run in the two slots at once; ``--cpuslot``
 takes a slot per row instead, so other jobs can run between rows)::
@@ -61,10 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--rank-ratio", type=float, default=0.25)
-    p.add_argument("--sweep-iters", default="10,50")
-    p.add_argument("--ppl-tokens", type=int, default=16384)
+    p.add_argument("--sweep-iters", default="10,50,100",
+                   help="iterations per block of the W3A16 sweep rows (LRQ and FlexRound; 20 is the main grid)")
+    p.add_argument("--ppl-tokens", type=int, default=40960)
     p.add_argument("--zeroshot-limit", type=int, default=0, help="examples per task; 0: no zero-shot")
-    p.add_argument("--zeroshot-fill", action="store_true", help="add zero-shot numbers to finished rows only")
+    p.add_argument("--refresh", action="store_true",
+                   help="only re-evaluate finished rows (from their saved models) whose perplexity used fewer than "
+                        "--ppl-tokens tokens or whose zero-shot limit differs from --zeroshot-limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--work", default="runs/bench-ptq")
@@ -186,21 +190,30 @@ def quantize_row(row: Row, args):
     return model, tok, fields
 
 
-def evaluate(model, tok, args, ppl: bool = True) -> dict:
-    from compactlm.eval import perplexity, zeroshot
+def evaluate(model, tok, args, row: Row, ppl: bool = True, zeroshot: bool = True) -> dict:
+    from compactlm.eval import perplexity
+    from compactlm.eval import zeroshot as run_zeroshot
 
     out: dict = {}
-    start = time.perf_counter()
     if ppl:
+        start = time.perf_counter()
         r = perplexity(model, tok, "wiki-eval", seq_len=512, max_tokens=args.ppl_tokens)
-        out.update(ppl_wiki_eval=round(r["ppl"], 4), ppl_tokens=r["tokens"], ppl_seq_len=r["seq_len"])
-    if args.zeroshot_limit > 0:
-        z = zeroshot(model, tok, list(ZEROSHOT_TASKS), limit=args.zeroshot_limit)
+        out.update(ppl_wiki_eval=round(r["ppl"], 4), ppl_tokens=r["tokens"], ppl_seq_len=r["seq_len"],
+                   eval_seconds=round(time.perf_counter() - start, 1))
+    if zeroshot and args.zeroshot_limit > 0 and row.group != "sweep":
+        start = time.perf_counter()
+        z = run_zeroshot(model, tok, list(ZEROSHOT_TASKS), limit=args.zeroshot_limit)
         out.update(zeroshot_avg=round(z["avg_acc"], 4), zeroshot_avg_norm=round(z["avg_acc_norm"], 4),
-                   zeroshot_limit=args.zeroshot_limit,
+                   zeroshot_limit=args.zeroshot_limit, zeroshot_seconds=round(time.perf_counter() - start, 1),
                    **{f"zs_{t}": round(v["acc"], 4) for t, v in z["tasks"].items()})
-    out["eval_seconds" if ppl else "zeroshot_seconds"] = round(time.perf_counter() - start, 1)
     return out
+
+
+def stale(row: Row, record: dict, args) -> tuple[bool, bool]:
+    """``(perplexity, zero-shot)``: which evaluations of a finished row are smaller than asked."""
+    ppl = record.get("ppl_tokens", 0) < args.ppl_tokens
+    zs = args.zeroshot_limit > 0 and row.group != "sweep" and record.get("zeroshot_limit") != args.zeroshot_limit
+    return ppl, zs
 
 
 def run_row(row: Row, args, command: str) -> None:
@@ -216,7 +229,7 @@ def run_row(row: Row, args, command: str) -> None:
     model.eval()
     record = {
         "method": row.method, "scheme": row.scheme, "variant": row.variant, "model": MODEL, **fields,
-        **evaluate(model, tok, args),
+        **evaluate(model, tok, args, row),
         "calib": f"wiki {args.calib_samples}x{args.calib_seq_len}" if row.method != "fp" else "",
         "budget": budget_text(row, args), "device": DEVICE, "threads": torch.get_num_threads(),
         "seed": args.seed, "command": command,
@@ -224,8 +237,8 @@ def run_row(row: Row, args, command: str) -> None:
     append_record(record, Path(args.results))
 
 
-def fill_zeroshot(row: Row, record: dict, args) -> None:
-    """Add zero-shot fields to a finished row from its saved model."""
+def refresh_row(row: Row, record: dict, args, command: str) -> None:
+    """Re-run the stale evaluations of a finished row from its saved model; keep everything else."""
     _threads()
     from compactlm.models import load_model
 
@@ -239,7 +252,10 @@ def fill_zeroshot(row: Row, record: dict, args) -> None:
     else:
         model, tok = load_model(record["checkpoint"])
     model.eval()
-    append_record({**record, **evaluate(model, tok, args, ppl=False)}, Path(args.results))
+    ppl, zs = stale(row, record, args)
+    new = evaluate(model, tok, args, row, ppl=ppl, zeroshot=zs)
+    append_record({**record, **new, "eval_command": command,
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, Path(args.results))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -257,8 +273,9 @@ def main(argv=None) -> None:
         return
     if args.row:
         row = next(r for r in rows if r.key == args.row)
-        if args.zeroshot_fill:
-            fill_zeroshot(row, next(r for r in read_records(results) if row_key(r) == row.key), args)
+        if args.refresh:
+            refresh_row(row, next(r for r in read_records(results) if row_key(r) == row.key), args,
+                        os.environ.get("PTQ_BENCH_COMMAND", ""))
         else:
             run_row(row, args, os.environ.get("PTQ_BENCH_COMMAND", ""))
         return
@@ -267,9 +284,9 @@ def main(argv=None) -> None:
     todo = select(rows, args.groups, args.methods, args.schemes, args.exclude_methods)
     for row in todo:
         done = {row_key(r): r for r in read_records(results)}
-        if args.zeroshot_fill:
+        if args.refresh:
             rec = done.get(row.key)
-            if rec is None or rec.get("zeroshot_limit") == args.zeroshot_limit:
+            if rec is None or not any(stale(row, rec, args)):
                 continue
         elif row.key in done:
             log.info("skip %s (done)", row.key)

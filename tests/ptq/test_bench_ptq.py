@@ -36,7 +36,9 @@ def test_select_filters():
     assert learned and {r.method for r in learned} == {"lrq", "flexround"}
     rest = select(rows, exclude_methods="lrq,flexround", groups="main")
     assert not {r.key for r in rest} & {r.key for r in learned}
-    assert [r.variant for r in select(rows, groups="sweep")] == ["iters=5", "iters=7"]
+    sweep = select(rows, groups="sweep")
+    assert [r.variant for r in sweep] == ["iters=5", "iters=5", "iters=7", "iters=7"]
+    assert {r.method for r in sweep} == {"lrq", "flexround"} and all(r.scheme == "w3a16" for r in sweep)
     assert all(r.peer for r in select(rows, methods="gptq,awq"))
 
 
@@ -84,3 +86,19 @@ def test_report_ratios_best_and_sweep(tmp_path):
     write_report(ROWS, results)
     assert (tmp_path / "ptq.md").read_text() == md
     assert (tmp_path / "ptq.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refresh_picks_only_rows_evaluated_smaller_than_asked():
+    from argparse import Namespace
+
+    from run import stale
+
+    rows = {r.key: r for r in grid()}
+    args = Namespace(ppl_tokens=40960, zeroshot_limit=100)
+    small = {"ppl_tokens": 16352}
+    assert stale(rows["rtn|w4a16|"], small, args) == (True, True)
+    done = {"ppl_tokens": 40960, "zeroshot_limit": 100}
+    assert stale(rows["rtn|w4a16|"], done, args) == (False, False)
+    # sweep rows report perplexity only
+    assert stale(rows["lrq|w3a16|iters=10"], {"ppl_tokens": 40960}, args) == (False, False)
+    assert stale(rows["rtn|w4a16|"], done, Namespace(ppl_tokens=40960, zeroshot_limit=0)) == (False, False)
