@@ -81,7 +81,8 @@ def test_report_ratios_best_and_sweep(tmp_path):
     assert best_per_scheme(ROWS) == {"w4a16": "lrq", "w8a8": "lrq"}  # the sweep row does not compete
     md = markdown(ROWS)
     assert "| w4a16 | LRQ | " in md and "**28.00**" in md and "0.700" in md
-    assert "LRQ iterations sweep" in md and "| w4a16 | 10 | 25.00 |" in md
+    assert "Iterations sweep" in md and "| w4a16 | LRQ | 10 | 25.00 |" in md
+    assert "## Summary" in md and "| w4a16 | " in md.split("## Summary")[1]
     results = tmp_path / "ptq.json"
     write_report(ROWS, results)
     assert (tmp_path / "ptq.md").read_text() == md
@@ -102,3 +103,10 @@ def test_refresh_picks_only_rows_evaluated_smaller_than_asked():
     # sweep rows report perplexity only
     assert stale(rows["lrq|w3a16|iters=10"], {"ppl_tokens": 40960}, args) == (False, False)
     assert stale(rows["rtn|w4a16|"], done, Namespace(ppl_tokens=40960, zeroshot_limit=0)) == (False, False)
+
+
+def test_report_marks_cells_evaluated_on_fewer_tokens():
+    rows = [{"method": m, "scheme": "w4a16", "ppl_wiki_eval": p, "ppl_tokens": n}
+            for m, p, n in (("rtn", 40.0, 40960), ("gptq", 30.0, 40960), ("lrq", 29.0, 16352))]
+    md = markdown(rows)
+    assert "29.00 (16352 tok)" in md and "30.00 (" not in md and "40960 tokens" in md
