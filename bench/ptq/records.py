@@ -19,14 +19,16 @@ variant            ``""`` for the main grid; e.g. ``"iters=25"`` for the LRQ swe
 model              ``smollm2-135m``
 implementation     ``compactlm`` or ``llm-compressor <version>``
 ppl_wiki_eval      perplexity on ``wiki-eval`` (``ppl_tokens`` tokens, ``ppl_seq_len`` window)
-ppl_tokens         tokens scored
+ppl_tokens         tokens scored (every window's first token is context only)
+ppl_max_tokens     tokens asked for (``--ppl-tokens``); ``--refresh`` compares against this
 ppl_seq_len        window length of the perplexity evaluation
 zeroshot_avg       mean accuracy (``acc``) over the five tasks below
 zeroshot_avg_norm  mean length-normalised accuracy (``acc_norm``)
 zs_<task>          accuracy per task: arc_easy, arc_challenge, hellaswag, piqa, winogrande
 zeroshot_limit     examples per task
 seconds            quantization wall time (s), without loading or evaluation
-eval_seconds       evaluation wall time (s)
+eval_seconds       perplexity evaluation wall time (s)
+zeroshot_seconds   zero-shot evaluation wall time (s)
 peak_mem_mb        peak resident memory of the process (MiB) at the end of quantization
 learned_params     number of parameters optimised by the method (0 for RTN / GPTQ / AWQ)
 calib              e.g. ``"wiki 32x256"`` (samples x tokens)
@@ -34,6 +36,7 @@ budget             free text: iterations/block, batch, lr ...
 device             e.g. ``"cpu-1core (2-core host, shared)"``
 seed               seed of calibration sampling and learned methods
 command            the command that produced the row
+eval_command       the ``--refresh`` command that re-evaluated it, if any
 date               UTC ISO timestamp when the row was written
 =================  ==========================================================================
 

@@ -198,7 +198,8 @@ def evaluate(model, tok, args, row: Row, ppl: bool = True, zeroshot: bool = True
     if ppl:
         start = time.perf_counter()
         r = perplexity(model, tok, "wiki-eval", seq_len=512, max_tokens=args.ppl_tokens)
-        out.update(ppl_wiki_eval=round(r["ppl"], 4), ppl_tokens=r["tokens"], ppl_seq_len=r["seq_len"],
+        out.update(ppl_wiki_eval=round(r["ppl"], 4), ppl_tokens=r["tokens"], ppl_max_tokens=args.ppl_tokens,
+                   ppl_seq_len=r["seq_len"],
                    eval_seconds=round(time.perf_counter() - start, 1))
     if zeroshot and args.zeroshot_limit > 0 and row.group != "sweep":
         start = time.perf_counter()
@@ -211,7 +212,8 @@ def evaluate(model, tok, args, row: Row, ppl: bool = True, zeroshot: bool = True
 
 def stale(row: Row, record: dict, args) -> tuple[bool, bool]:
     """``(perplexity, zero-shot)``: which evaluations of a finished row are smaller than asked."""
-    ppl = record.get("ppl_tokens", 0) < args.ppl_tokens
+    # windows score all tokens but the first, so ask for what was asked, not what was scored
+    ppl = record.get("ppl_max_tokens", record.get("ppl_tokens", 0)) < args.ppl_tokens
     zs = args.zeroshot_limit > 0 and row.group != "sweep" and record.get("zeroshot_limit") != args.zeroshot_limit
     return ppl, zs
 

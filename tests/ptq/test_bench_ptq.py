@@ -98,7 +98,7 @@ def test_refresh_picks_only_rows_evaluated_smaller_than_asked():
     args = Namespace(ppl_tokens=40960, zeroshot_limit=100)
     small = {"ppl_tokens": 16352}
     assert stale(rows["rtn|w4a16|"], small, args) == (True, True)
-    done = {"ppl_tokens": 40960, "zeroshot_limit": 100}
+    done = {"ppl_tokens": 40880, "ppl_max_tokens": 40960, "zeroshot_limit": 100}
     assert stale(rows["rtn|w4a16|"], done, args) == (False, False)
     # sweep rows report perplexity only
     assert stale(rows["lrq|w3a16|iters=10"], {"ppl_tokens": 40960}, args) == (False, False)
