@@ -7,8 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# PTQ benchmark peers: llm-compressor pins transformers <= 5.17, so it gets its own environment
+PEERS       := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed-stamp
+LLMC        ?= llmcompressor==0.14.0.1
+BENCH_ARGS  ?=
 
-.PHONY: install demo test test-slow bench-ptq clean
+.PHONY: install peers demo test test-slow bench-ptq clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +22,18 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(PEERS_STAMP): constraints.txt
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt "$(LLMC)"
+	@touch $(PEERS_STAMP)
+
+peers: $(PEERS_STAMP)
+
+# the whole PTQ grid (resumable; hours on CPU): make bench-ptq BENCH_ARGS="--groups main"
+bench-ptq: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python bench/ptq/run.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m compactlm.demo
