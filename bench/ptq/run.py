@@ -190,6 +190,11 @@ def quantize_row(row: Row, args):
     return model, tok, fields
 
 
+def wants_zeroshot(row: Row, args) -> bool:
+    """Zero-shot is asked for (``--zeroshot-limit``) and the row is not a sweep row (perplexity only)."""
+    return args.zeroshot_limit > 0 and row.group != "sweep"
+
+
 def evaluate(model, tok, args, row: Row, ppl: bool = True, zeroshot: bool = True) -> dict:
     from compactlm.eval import perplexity
     from compactlm.eval import zeroshot as run_zeroshot
@@ -201,7 +206,7 @@ def evaluate(model, tok, args, row: Row, ppl: bool = True, zeroshot: bool = True
         out.update(ppl_wiki_eval=round(r["ppl"], 4), ppl_tokens=r["tokens"], ppl_max_tokens=args.ppl_tokens,
                    ppl_seq_len=r["seq_len"],
                    eval_seconds=round(time.perf_counter() - start, 1))
-    if zeroshot and args.zeroshot_limit > 0 and row.group != "sweep":
+    if zeroshot and wants_zeroshot(row, args):
         start = time.perf_counter()
         z = run_zeroshot(model, tok, list(ZEROSHOT_TASKS), limit=args.zeroshot_limit)
         out.update(zeroshot_avg=round(z["avg_acc"], 4), zeroshot_avg_norm=round(z["avg_acc_norm"], 4),
@@ -214,7 +219,7 @@ def stale(row: Row, record: dict, args) -> tuple[bool, bool]:
     """``(perplexity, zero-shot)``: which evaluations of a finished row are smaller than asked."""
     # windows score all tokens but the first, so ask for what was asked, not what was scored
     ppl = record.get("ppl_max_tokens", record.get("ppl_tokens", 0)) < args.ppl_tokens
-    zs = args.zeroshot_limit > 0 and row.group != "sweep" and record.get("zeroshot_limit") != args.zeroshot_limit
+    zs = wants_zeroshot(row, args) and record.get("zeroshot_limit") != args.zeroshot_limit
     return ppl, zs
 
 
