@@ -35,3 +35,37 @@ def test_bad_scheme_strings_name_the_argument(bad):
 def test_static_per_token_is_rejected():
     with pytest.raises(CompactLMError, match="static"):
         QuantScheme(w_bits=4, a_bits=8, a_granularity="token", a_static=True)
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ("w5a99", "activation bits must be 2..16"),  # was silently w5a16
+        ("w4a17", "activation bits must be 2..16"),
+        ("w4a1", "activation bits must be 2..16"),
+        ("w0a16", "weight bits must be 1..8"),
+        ("w4a16-g64-g32", "group size"),  # was silently g32
+        ("w4a16-sym-asym", "weight grid"),
+        ("w4a16-sym-sym", "weight grid"),
+        ("w4a8-kv8-kv4", "kv bits"),
+        ("w4a8-tensor-token", "activation granularity"),
+        ("w8a8-static-dynamic", "activation ranges"),
+        ("w4a16-static", "a16 keeps activations in full precision"),  # was silently dropped
+        ("w4a16-token", "a16 keeps activations in full precision"),
+        ("w4a8-token-static", "static activation ranges need per-tensor"),
+    ],
+)
+def test_nonsense_schemes_are_refused_in_one_line_naming_the_flag(bad, expected):
+    with pytest.raises(CompactLMError, match="--scheme") as info:
+        parse_scheme(bad)
+    msg = str(info.value)
+    assert expected in msg and "\n" not in msg and repr(bad) in msg
+
+
+def test_valid_combinations_still_parse():
+    assert parse_scheme("w4a8-tensor-static") == QuantScheme(
+        w_bits=4, a_bits=8, a_granularity="tensor", a_static=True
+    )
+    assert parse_scheme("w8a8-token").a_static is False
+    assert parse_scheme("w4a12").a_bits == 12
+    assert parse_scheme("w4a16-kv8").kv_bits == 8

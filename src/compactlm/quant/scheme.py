@@ -127,13 +127,54 @@ PRESETS: dict[str, QuantScheme] = {
 }
 
 _HEAD = re.compile(r"^w(\d+)a(\d+)$")
+_MODIFIERS = "-g<N>, -sym, -asym, -kv<bits>, -tensor, -token, -static, -dynamic"
+_ACT_MODIFIERS = ("tensor", "token", "static", "dynamic")
+
+
+def _modifier_kind(tok: str) -> str | None:
+    """The setting a modifier token sets (two tokens of one kind conflict), or ``None`` if unknown."""
+    if re.fullmatch(r"g\d+", tok):
+        return "group size (-g<N>)"
+    if tok in ("sym", "asym"):
+        return "weight grid (-sym/-asym)"
+    if re.fullmatch(r"kv\d+", tok):
+        return "kv bits (-kv<bits>)"
+    if tok in ("tensor", "token"):
+        return "activation granularity (-tensor/-token)"
+    if tok in ("static", "dynamic"):
+        return "activation ranges (-static/-dynamic)"
+    return None
+
+
+def _check_modifiers(spec: str, tokens: list[str], a_bits: int | None) -> None:
+    """Refuse unknown, repeated or conflicting modifiers, and activation modifiers on a16."""
+    seen: dict[str, str] = {}
+    for tok in tokens:
+        kind = _modifier_kind(tok)
+        if kind is None:
+            raise CompactLMError(
+                f"--scheme: unknown modifier {tok!r} in {spec!r}; known: {_MODIFIERS}"
+            )
+        if kind in seen:
+            raise CompactLMError(
+                f"--scheme: {spec!r} sets the {kind} twice (-{seen[kind]} and -{tok}); give it once"
+            )
+        seen[kind] = tok
+        if a_bits is None and tok in _ACT_MODIFIERS:
+            raise CompactLMError(
+                f"--scheme: -{tok} in {spec!r} configures activation quantization, but a16 keeps "
+                f"activations in full precision; use a<bits> below 16 (e.g. w4a8) or drop -{tok}"
+            )
 
 
 def parse_scheme(spec: str) -> QuantScheme:
     """Parse a scheme string (see the module docstring for the grammar).
 
+    Unknown, repeated or conflicting modifiers and out-of-range bit widths are refused rather
+    than ignored (``w5a99`` is not ``w5a16``; ``-g64-g32`` is not ``-g32``).
+
     Raises:
-        CompactLMError: naming the ``--scheme`` argument and listing the presets.
+        CompactLMError: naming the ``--scheme`` argument and what is expected.
     """
     if not isinstance(spec, str) or not spec:
         raise CompactLMError(f"--scheme: expected a string like 'w4a16', got {spec!r}")
@@ -145,18 +186,26 @@ def parse_scheme(spec: str) -> QuantScheme:
             f"presets: {', '.join(PRESETS)}"
         )
     w_bits, a_bits = int(m.group(1)), int(m.group(2))
+    if not 1 <= w_bits <= 8:
+        raise CompactLMError(f"--scheme: weight bits must be 1..8 in {spec!r}, got w{w_bits}")
+    if not 2 <= a_bits <= 16:
+        raise CompactLMError(
+            f"--scheme: activation bits must be 2..16 (a16: full precision) in {spec!r}, got a{a_bits}"
+        )
+    act = None if a_bits == 16 else a_bits
+    _check_modifiers(spec, tokens[1:], act)
     if tokens[0] in PRESETS:
         fields = PRESETS[tokens[0]].to_dict()
     else:
-        fields = dict(w_bits=w_bits, a_bits=None if a_bits >= 16 else a_bits, w_symmetric=w_bits == 8)
-        if a_bits < 16:
+        fields = dict(w_bits=w_bits, a_bits=act, w_symmetric=w_bits == 8)
+        if act is not None:
             fields.update(a_granularity="token")
     for tok in tokens[1:]:
-        if re.fullmatch(r"g\d+", tok):
+        if tok.startswith("g"):
             fields["w_group_size"] = int(tok[1:])
         elif tok in ("sym", "asym"):
             fields["w_symmetric"] = tok == "sym"
-        elif re.fullmatch(r"kv\d+", tok):
+        elif tok.startswith("kv"):
             fields["kv_bits"] = int(tok[2:])
         elif tok in ("tensor", "token"):
             fields["a_granularity"] = tok
@@ -164,9 +213,7 @@ def parse_scheme(spec: str) -> QuantScheme:
                 fields["a_static"] = False
         elif tok in ("static", "dynamic"):
             fields["a_static"] = tok == "static"
-        else:
-            raise CompactLMError(
-                f"--scheme: unknown modifier {tok!r} in {spec!r}; "
-                "known: -g<N>, -sym, -asym, -kv<bits>, -tensor, -token, -static, -dynamic"
-            )
-    return QuantScheme(**fields)
+    try:
+        return QuantScheme(**fields)
+    except CompactLMError as e:
+        raise CompactLMError(f"--scheme: {spec!r}: {str(e).removeprefix('scheme: ')}") from None
