@@ -63,6 +63,40 @@ def test_checkpoint_resume_continues_identically(tmp_path):
                        lr=1e-3, warmup=0.2, schedule="cosine"), checkpoint_dir=tmp_path, progress=False)
 
 
+class _Payload:
+    """Pickles to a call of ``Path.touch`` on load: a checkpoint that executes code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_is_loaded_without_executing_code(tmp_path):
+    teacher, student, data = _setup()
+    cfg = TrainConfig(steps=2, batch_size=4)
+    DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False).train()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain types only
+    marker = tmp_path / "code-ran"
+    state["history"] = [_Payload(marker)]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    teacher, student, data = _setup()
+    with pytest.raises(CompactLMError, match="checkpoint: cannot load .*checkpoint.pt") as info:
+        DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert not marker.exists()
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_checkpoint_is_one_line_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    teacher, student, data = _setup()
+    with pytest.raises(CompactLMError, match="checkpoint: cannot load") as info:
+        DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=2, batch_size=4),
+                       checkpoint_dir=tmp_path, progress=False)
+    assert "\n" not in str(info.value)
+
+
 def test_lr_schedule_and_config_errors():
     f = lr_lambda(TrainConfig(steps=10, warmup=0.2))
     assert f(0) < f(1) < f(2) == 1.0 and f(9) < f(5) < 1.0

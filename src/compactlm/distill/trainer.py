@@ -110,6 +110,26 @@ def _take(data, idx: torch.Tensor):
     return {"input_ids": data[idx]}
 
 
+def load_checkpoint_state(path: Path) -> dict:
+    """Read a trainer checkpoint without executing code (``weights_only``: tensors and plain types).
+
+    Raises:
+        CompactLMError: the file is not a readable trainer checkpoint (truncated, or it holds
+            pickled objects other than tensors and plain Python types).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, truncated zip, ...: one line naming the file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompactLMError(
+            f"checkpoint: cannot load {path} as a trainer checkpoint (tensors and plain types only): "
+            f"{reason}; delete it or pass --overwrite to start over"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "model", "optimizer", "scheduler", "config"} <= set(state):
+        raise CompactLMError(f"checkpoint: {path} is not a trainer checkpoint; delete it or pass --overwrite")
+    return state
+
+
 class DistillTrainer:
     """Train ``model`` on ``compute_loss`` over ``data``.
 
@@ -253,7 +273,7 @@ class DistillTrainer:
         acc.wait_for_everyone()
 
     def _load(self) -> None:
-        state = torch.load(self.checkpoint_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        state = load_checkpoint_state(self.checkpoint_dir / CHECKPOINT)
         saved = {k: v for k, v in state["config"].items() if k != "checkpoint_every"}
         now = {k: v for k, v in asdict(self.config).items() if k != "checkpoint_every"}
         if saved != now:
