@@ -93,6 +93,35 @@ def test_errors_leave_model_untouched(token_batch, tables16):
     assert not any(isinstance(m, (LUTActivation, LUTNorm)) for m in model.modules())
 
 
+class _BatchedSiLU(torch.nn.Module):
+    """SiLU that refuses inputs without a batch axis: the 1-D probe cannot run it."""
+
+    def forward(self, x):
+        if x.dim() < 2:
+            raise RuntimeError("expects [batch, ..., features]")
+        return torch.nn.functional.silu(x)
+
+
+def test_a_requested_activation_that_cannot_be_probed_is_an_error(token_batch, tables16):
+    model = tiny_model("llama")
+    for block in model.model.layers:
+        block.mlp.act_fn = _BatchedSiLU()
+    ref = _out(model, token_batch)
+    with pytest.raises(CompactLMError, match=r"--ops silu: cannot apply.*layers\.0\.mlp\.act_fn.*expects \[batch") as e:
+        apply_luts(model, tables16, ops=["silu", "softmax"])
+    assert "\n" not in str(e.value)
+    assert torch.equal(_out(model, token_batch), ref)
+    with apply_luts(model, tables16, ops=["softmax"]) as h:  # not requested: not probed
+        assert h.replaced == {"softmax": 2}
+
+
+def test_a_missing_activation_module_is_an_error(tables16):
+    model = tiny_model("llama")
+    del model.model.layers[1].mlp.act_fn
+    with pytest.raises(CompactLMError, match=r"--ops silu: cannot apply.*layers\.1\.mlp has no activation module"):
+        apply_luts(model, tables16, ops=["silu"])
+
+
 def test_calibration_refits_on_recorded_inputs(token_batch):
     model = tiny_model("gpt2")
     ref = _out(model, token_batch)

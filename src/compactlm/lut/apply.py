@@ -53,18 +53,61 @@ _ACT_REFERENCES = {
 
 
 def identify_activation(module: nn.Module) -> str | None:
-    """``"gelu"``, ``"silu"``, ``"relu"`` by probing ``module`` on [-6, 6]; ``None`` if none fits."""
-    try:
-        p = next(module.parameters(), None)
-        x = _ACT_PROBE.to(p.device if p is not None else "cpu")
-        with torch.no_grad():
-            y = module(x).float().cpu()
-    except Exception:  # noqa: BLE001 - a module that cannot run on a 1-D probe is not a plain activation
-        return None
+    """``"gelu"``, ``"silu"``, ``"relu"`` by probing ``module`` on [-6, 6]; ``None`` if none fits.
+
+    Raises:
+        Whatever ``module`` raises on the 1-D probe (it is then no elementwise activation);
+        :func:`apply_luts` turns that into a :class:`CompactLMError` naming the op.
+    """
+    p = next(module.parameters(), None)
+    x = _ACT_PROBE.to(p.device if p is not None else "cpu")
+    with torch.no_grad():
+        y = module(x).float().cpu()
+    if y.shape != _ACT_PROBE.shape:
+        return None  # not elementwise
     for name, refs in _ACT_REFERENCES.items():
         if any(float((y - ref(_ACT_PROBE)).abs().max()) < 2e-3 for ref in refs):
             return name
     return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _identify_block_activations(model: nn.Module, spec, act_ops: tuple[str, ...]) -> dict[str, str | None]:
+    """``{path: activation kind}`` of every block's MLP activation.
+
+    Raises:
+        CompactLMError: a block has no ``spec.mlp_act`` module, or probing it fails, so the
+            requested activation ops could not be applied.
+    """
+    from compactlm.models.specs import blocks_path, get_blocks
+
+    root = blocks_path(model)
+    ops = "/".join(act_ops)
+    acts = {}
+    for i, block in enumerate(get_blocks(model)):
+        path = f"{root}.{i}.{spec.mlp_act}"
+        try:
+            module = block.get_submodule(spec.mlp_act)
+        except AttributeError:
+            raise CompactLMError(
+                f"--ops {ops}: cannot apply, block {path.rpartition('.')[0]} has no activation module "
+                f"{spec.mlp_act!r} (check ArchSpec.mlp_act for this architecture)"
+            ) from None
+        try:
+            acts[path] = identify_activation(module)
+        except Exception as e:  # noqa: BLE001 - reported, not swallowed
+            raise CompactLMError(
+                f"--ops {ops}: cannot apply, probing the activation {path} ({type(module).__name__}) "
+                f"failed: {_first_line(e)}"
+            ) from e
+        if acts[path] is None:
+            log.warning("activation %s (%s) computes none of gelu/silu/relu; left in place",
+                        path, type(module).__name__)
+    return acts
 
 
 class LUTActivation(nn.Module):
@@ -318,17 +361,12 @@ def apply_luts(model: nn.Module, luts="default", ops=("gelu", "silu", "softmax",
     Returns:
         A :class:`LUTHandle`; ``handle.remove()`` restores the exact original model.
     """
-    from compactlm.models.specs import blocks_path, get_blocks, get_spec
+    from compactlm.models.specs import get_blocks, get_spec
 
     ops = check_ops(ops)
     spec = get_spec(model)
-    root = blocks_path(model)
-    acts = {}  # block path -> activation kind
-    for i, block in enumerate(get_blocks(model)):
-        try:
-            acts[f"{root}.{i}.{spec.mlp_act}"] = identify_activation(block.get_submodule(spec.mlp_act))
-        except AttributeError:
-            continue
+    act_ops = tuple(o for o in ops if o in ("gelu", "silu"))
+    acts = _identify_block_activations(model, spec, act_ops) if act_ops else {}  # block path -> kind
     norm_op = "layernorm" if spec.norm_type == "layernorm" else "rmsnorm"
     present = {*acts.values(), norm_op, "softmax"}
     ops = tuple(o for o in ops if o in present)  # only tables for ops this model has are needed
