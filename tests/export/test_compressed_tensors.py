@@ -15,6 +15,7 @@ from compactlm.export import (
     load_compressed_tensors,
     transformers_reload_error,
 )
+from compactlm.export.compressed_tensors import has_asymmetric_packed_weights
 from compactlm.models import load_model, save_quantized
 from compactlm.models.checkpoint import quant_linears
 from compactlm.models.tiny import tiny_model
@@ -48,6 +49,32 @@ def test_export_reload_logits_match(scheme, fmt, loader, token_batch, tmp_path):
     err = transformers_reload_error(model, tmp_path, token_batch)
     assert err["loader"] == loader
     assert err["max_abs_logit_diff"] < TOL
+
+
+def test_reload_check_falls_back_only_on_the_known_failure(token_batch, tmp_path, monkeypatch):
+    """Another reload failure (here: out of memory) is an error, not a silent dequantize fallback."""
+    import transformers as T
+
+    model = _quantized("w8a8", token_batch)
+    export_compressed_tensors(model, None, tmp_path)
+    real = T.AutoModelForCausalLM.from_pretrained
+
+    def flaky(path, **kw):
+        if "quantization_config" not in kw:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(path, **kw)
+
+    monkeypatch.setattr(T.AutoModelForCausalLM, "from_pretrained", flaky)
+    with pytest.raises(CompactLMError, match=r"--verify: transformers cannot reload .*compressed loader.*out of memory"):
+        transformers_reload_error(model, tmp_path, token_batch)
+
+
+def test_asymmetric_packed_detection():
+    group = {"format": None, "weights": {"num_bits": 4, "symmetric": False}}
+    assert has_asymmetric_packed_weights({"format": "pack-quantized", "config_groups": {"g": group}})
+    assert not has_asymmetric_packed_weights({"format": "int-quantized", "config_groups": {"g": group}})
+    sym = {"format": "pack-quantized", "weights": {"num_bits": 4, "symmetric": True}}
+    assert not has_asymmetric_packed_weights({"format": "pack-quantized", "config_groups": {"g": sym}})
 
 
 @pytest.mark.parametrize("scheme", ["w4a16", "w8a8", "w2a16-g16", "w3a16", "w4a8"])
