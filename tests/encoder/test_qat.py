@@ -157,6 +157,29 @@ def test_short_qat_lowers_the_loss(model_type, scheme, variant):
         assert torch.equal(p_t, p), name
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_distill_loop_restores_the_callers_attention_implementation(fail):
+    teacher = tiny_model("bert")
+    teacher.set_attn_implementation("sdpa")
+    teacher.train()
+    student = prepare_encoder_qat(copy.deepcopy(teacher), "w2a8")
+    on_step = None
+    if fail:
+        def on_step(model, step, total):  # an interrupted run restores too
+            if step == 1:
+                raise KeyboardInterrupt
+    interrupted = False
+    try:
+        distill_loop(student, teacher, _batch(n=8, t=10), resolve_terms("attn-map"), steps=2, lr=1e-4,
+                     batch_size=8, warmup=0.0, seed=0, on_step=on_step, progress=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    assert interrupted == fail
+    assert teacher.config._attn_implementation == "sdpa"
+    assert student.config._attn_implementation == "sdpa"
+    assert teacher.training
+
+
 # ---- SDQ -----------------------------------------------------------------------------------------
 def test_quant_noise_schedule():
     total = 100

@@ -228,23 +228,31 @@ def distill_loop(
     noise is the regulariser, and teacher targets stay deterministic.
     """
     needs = {name for name, _ in terms}
+    teacher_training = teacher.training
+    attn = {id(m): (m, m.config._attn_implementation) for m in (teacher, student)}
     teacher.eval()
     student.requires_grad_(True).eval()  # no dropout; autograd is unaffected
-    if "attn_map" in needs:  # attention maps need eager attention (same function as SDPA)
-        for m in (teacher, student):
-            m.set_attn_implementation("eager")
+    try:
+        if "attn_map" in needs:  # attention maps need eager attention (same function as SDPA)
+            for m, _ in attn.values():
+                m.set_attn_implementation("eager")
 
-    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = {k: v for k, v in batch.items() if k != "labels"}  # no ground-truth term
-        with torch.no_grad():
-            t_out = kd_forward(teacher, batch, needs, detach=True)
-        s_out = kd_forward(student, batch, needs)
-        return kd_loss(terms, s_out, t_out, batch["attention_mask"])
+        def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+            batch = {k: v for k, v in batch.items() if k != "labels"}  # no ground-truth term
+            with torch.no_grad():
+                t_out = kd_forward(teacher, batch, needs, detach=True)
+            s_out = kd_forward(student, batch, needs)
+            return kd_loss(terms, s_out, t_out, batch["attention_mask"])
 
-    _, history = train_steps(
-        student, train, step_loss, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, weight_decay=0.0,
-        seed=seed, on_step=on_step, desc=desc, progress=progress,
-    )
+        _, history = train_steps(
+            student, train, step_loss, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, weight_decay=0.0,
+            seed=seed, on_step=on_step, desc=desc, progress=progress,
+        )
+    finally:  # the caller's models keep their attention implementation (and the teacher its mode)
+        for m, impl in attn.values():
+            if m.config._attn_implementation != impl:
+                m.set_attn_implementation(impl)
+        teacher.train(teacher_training)
     return history
 
 
