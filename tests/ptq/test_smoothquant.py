@@ -74,3 +74,14 @@ def test_smoothquant_bad_input(token_batch):
         smooth_model(model, token_batch)
     with pytest.raises(CompactLMError, match="post-norm"):
         smooth_model(tiny_model("bert"), token_batch)
+
+
+def test_smoothquant_refuses_post_norm_opt(token_batch):
+    model = _randomize_norms(tiny_model("opt", do_layer_norm_before=False))
+    with torch.no_grad():
+        ref = model(input_ids=token_batch).logits
+    with pytest.raises(CompactLMError, match=r"smoothquant: this OPT model is post-norm \(do_layer_norm_before=False\)") as e:
+        quantize(model, "smoothquant", "w8a8", calib=token_batch)
+    assert "\n" not in str(e.value)
+    with torch.no_grad():  # refused before touching the model
+        assert torch.equal(model(input_ids=token_batch).logits, ref)

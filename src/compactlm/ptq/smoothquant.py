@@ -134,6 +134,18 @@ def collect_input_absmax(
     return stats
 
 
+def post_norm_reason(config) -> str | None:
+    """Why a config of a pre-norm architecture runs its norms *after* the linears, or ``None``.
+
+    OPT checkpoints with ``do_layer_norm_before=False`` (opt-350m) apply each block's LayerNorm to
+    the residual sum: the q/k/v and fc1 inputs are not that norm's output, so folding ``1/s`` into
+    it would change the model.
+    """
+    if getattr(config, "model_type", None) == "opt" and getattr(config, "do_layer_norm_before", True) is False:
+        return "this OPT model is post-norm (do_layer_norm_before=False)"
+    return None
+
+
 @torch.no_grad()
 def smooth_model(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5, batch_size: int = 4) -> dict:
     """Apply SmoothQuant migration in place (full-precision outputs unchanged up to float error).
@@ -159,6 +171,9 @@ def smooth_model(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5, batc
             f"smoothquant: architecture {model.config.model_type!r} has no pre-norm feeding its linears "
             "(post-norm encoder); use rtn instead"
         )
+    post_norm = post_norm_reason(model.config)
+    if post_norm:
+        raise CompactLMError(f"smoothquant: {post_norm}, so no norm output feeds the linears; use rtn instead")
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise CompactLMError("smoothquant: smooth the model before quantizing it (found a QuantLinear)")
     blocks = get_blocks(model)
