@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from compactlm.models import load_model
 
-        model, tok = load_model(args.model)
+        model, tok = load_model(args.model, backend="reference")  # export the grid, not a kernel's arithmetic
     report = export_model(model, tok, args.out, format=args.format, overwrite=args.overwrite)
     if args.verify and report["format"] == "compressed-tensors":
         vocab = model.config.vocab_size

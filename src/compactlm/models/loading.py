@@ -160,6 +160,25 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path
 
 
+def _check_gguf(path: Path) -> None:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CompactLMError(f"--model: {path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """One-line error for a local checkpoint whose safetensors files are truncated or not safetensors."""
+    from safetensors import safe_open
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except Exception as e:  # safetensors raises its own error types
+            raise CompactLMError(f"--model: {f} is unreadable ({str(e).splitlines()[0]}); re-create or re-download it") from e
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     head: str = "auto",
@@ -167,6 +186,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    backend: str = "auto",
 ) -> tuple[nn.Module, "T.PreTrainedTokenizerBase | None"]:
     """Load a supported model and its tokenizer, in eval mode.
 
@@ -176,19 +196,30 @@ def load_model(
         head: ``"auto"`` (from the checkpoint, else causal LM for decoders and the bare encoder
             otherwise), ``"causal-lm"``, ``"sequence-classification"`` or ``"base"``.
         num_labels: Classes of a new sequence-classification head.
+        dtype: dtype of the (unquantized) weights in memory.
         attn_implementation: e.g. ``"eager"`` when attention maps are needed; default: the library's.
+        backend: For run directories, how quantized linears compute (``"auto"``: real low-bit kernels
+            where the grid and device have one, packed now; ``"reference"``: cached dequantized
+            weights, the fake-quant path; see :class:`compactlm.quant.QuantLinear`).
 
     Returns:
         ``(model, tokenizer)``; the tokenizer is ``None`` for tiny random models.
     """
-    from compactlm.models.checkpoint import is_quantized_run, restore_quantized
+    from compactlm.models.checkpoint import is_quantized_run, load_quantized_run
+    from compactlm.quant.linear import set_backend
 
     if name_or_path.startswith("tiny-"):
         from compactlm.models.tiny import tiny_model
 
         model = tiny_model(name_or_path[len("tiny-"):], head=head, num_labels=num_labels or 2)
         return model.to(device=device, dtype=dtype), None
-    source = _resolve(name_or_path)
+    run_dir = Path(name_or_path).expanduser()
+    quantized = is_quantized_run(run_dir)
+    if quantized and not (run_dir / "model" / "config.json").is_file():
+        raise CompactLMError(f"--model: {run_dir} lacks model/config.json; the run is incomplete or corrupt")
+    if Path(name_or_path).suffix == ".gguf" and Path(name_or_path).is_file():
+        _check_gguf(Path(name_or_path))
+    source = str(run_dir / "model") if quantized else _resolve(name_or_path)
     try:
         config = T.AutoConfig.from_pretrained(source)
     except OSError as e:
@@ -196,22 +227,29 @@ def load_model(
     except ValueError as e:
         raise CompactLMError(f"--model: {name_or_path!r} has an unreadable config: {str(e).splitlines()[0]}") from e
     get_spec(config.model_type)  # clear error for unsupported architectures
-    kwargs: dict = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
+    if Path(source).is_dir():
+        _check_safetensors(Path(source))
     auto = _auto_class(config, head)
-    try:
-        model = auto.from_pretrained(source, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise CompactLMError(f"--model: cannot load weights of {name_or_path!r}: {str(e).splitlines()[0]}") from e
+    if quantized:
+        if num_labels is not None:
+            config.num_labels = num_labels
+        model = load_quantized_run(run_dir, auto, config, dtype=dtype, attn_implementation=attn_implementation)
+    else:
+        kwargs: dict = {"dtype": dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        try:
+            model = auto.from_pretrained(source, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CompactLMError(f"--model: cannot load weights of {name_or_path!r}: {str(e).splitlines()[0]}") from e
     try:
         tokenizer = T.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError):
         log.warning("no tokenizer found for %s", name_or_path)
         tokenizer = None
-    run_dir = Path(name_or_path)
-    if is_quantized_run(run_dir):
-        restore_quantized(model, run_dir)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    if quantized:
+        set_backend(model, backend)
+    return model, tokenizer
