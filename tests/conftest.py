@@ -1,5 +1,15 @@
-"""Shared fixtures: tiny random models per architecture, a private cache, deterministic torch."""
+"""Shared fixtures: tiny random models per architecture, a private cache, deterministic torch.
 
+The whole session runs on a fresh temporary ``$COMPACTLM_CACHE`` (removed at the end), never the
+user's ``~/.cache/compactlm``: fast tests need neither network nor a warm cache. Slow tests that
+fetch real models and data sets download them into it again each session unless
+``COMPACTLM_TEST_CACHE`` names a cache folder to reuse (e.g. ``COMPACTLM_TEST_CACHE=~/.cache/compactlm
+make test-slow``).
+"""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +17,25 @@ import torch
 from compactlm.models.tiny import DECODER_TYPES, ENCODER_TYPES, TINY_TYPES, tiny_model
 
 torch.set_num_threads(1)  # two threads spin-wait on a loaded 2-core host (12 s -> 150 s seen)
+
+
+_SESSION_CACHE: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    reuse = os.environ.get("COMPACTLM_TEST_CACHE")
+    _SESSION_CACHE["previous"] = os.environ.get("COMPACTLM_CACHE")
+    _SESSION_CACHE["temporary"] = None if reuse else tempfile.mkdtemp(prefix="compactlm-test-cache-")
+    os.environ["COMPACTLM_CACHE"] = os.path.expanduser(reuse) if reuse else _SESSION_CACHE["temporary"]
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE.get("temporary"):
+        shutil.rmtree(_SESSION_CACHE["temporary"], ignore_errors=True)
+    if _SESSION_CACHE.get("previous") is None:
+        os.environ.pop("COMPACTLM_CACHE", None)
+    else:
+        os.environ["COMPACTLM_CACHE"] = _SESSION_CACHE["previous"]
 
 
 @pytest.fixture(autouse=True)

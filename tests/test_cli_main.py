@@ -84,3 +84,17 @@ def test_every_subcommand_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         assert p.format_help(), name
+
+
+def test_the_session_never_uses_the_users_cache():
+    """tests/conftest.py points $COMPACTLM_CACHE at a temporary folder for the whole session."""
+    import os
+    from pathlib import Path
+
+    from compactlm.cache import cache_dir
+
+    if os.environ.get("COMPACTLM_TEST_CACHE"):
+        pytest.skip("COMPACTLM_TEST_CACHE chooses the cache explicitly")
+    root = cache_dir()
+    assert root != Path.home() / ".cache" / "compactlm"
+    assert Path(os.environ["COMPACTLM_CACHE"]) == root

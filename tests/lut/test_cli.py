@@ -17,6 +17,16 @@ def _run(*argv):
     return args.func(args)
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small local .txt corpus (paragraphs separated by blank lines): no network, no cache."""
+    words = "the quick brown fox jumps over a lazy dog while seven bright stars shine above quiet hills".split()
+    paras = [" ".join(words[(i * 7 + j) % len(words)] for j in range(60)).capitalize() + "." for i in range(40)]
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text("\n\n".join(paras) + "\n", encoding="ascii")
+    return str(path)
+
+
 def test_registered_in_cli():
     from compactlm.cli import COMMANDS
 
@@ -38,16 +48,16 @@ def test_fit_writes_float_and_fixed_tables(table_dir):
     assert all(r["max_abs_err"] < r["uniform_max_abs_err"] for r in report["errors"])
 
 
-def test_apply_writes_run_dir_and_eval_compares(table_dir, tmp_path, capsys):
+def test_apply_writes_run_dir_and_eval_compares(table_dir, corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert _run("apply", "--model", "tiny-gpt2", "--tables", str(table_dir), "--out", str(run),
-                "--ppl", "wiki-eval", "--max-tokens", "600", "--seq-len", "128") == 0
+                "--ppl", corpus, "--max-tokens", "600", "--seq-len", "128") == 0
     report = read_json(run / "report.json")
     assert report["replaced"] == {"gelu": 2, "layernorm": 5, "softmax": 2}
     assert report["metrics"]["ppl"] > 1
     assert set(load_luts(run / "tables")) == {"gelu", "exp", "reciprocal", "rsqrt"}  # only what was used
     out = tmp_path / "eval.json"
-    assert _run("eval", "--model", "tiny-gpt2", "--tables", str(run / "tables"), "--ppl", "wiki-eval",
+    assert _run("eval", "--model", "tiny-gpt2", "--tables", str(run / "tables"), "--ppl", corpus,
                 "--max-tokens", "600", "--seq-len", "128", "--out", str(out)) == 0
     res = read_json(out)
     assert res["lut"]["ppl"] != res["fp"]["ppl"]
@@ -55,10 +65,10 @@ def test_apply_writes_run_dir_and_eval_compares(table_dir, tmp_path, capsys):
     assert "uniform max" in capsys.readouterr().out
 
 
-def test_apply_with_calibration(table_dir, tmp_path):
+def test_apply_with_calibration(table_dir, corpus, tmp_path):
     run = tmp_path / "cal"
-    assert _run("apply", "--model", "tiny-llama", "--calibrate", "4", "--calib-seq-len", "32", "--entries", "8", "--fit-steps", "20",
-                "--tables", str(table_dir), "--out", str(run)) == 0
+    assert _run("apply", "--model", "tiny-llama", "--calibrate", "4", "--calib", corpus, "--calib-seq-len", "32",
+                "--entries", "8", "--fit-steps", "20", "--tables", str(table_dir), "--out", str(run)) == 0
     tables = load_luts(run / "tables")
     assert {t.method for t in tables.values()} == {"nn-lut-calibrated"}
 
