@@ -108,6 +108,83 @@ def test_spilled_activations_give_the_same_result(calib, tmp_path):
     _assert_same_grids(_grids(a), _grids(b))
 
 
+def test_callers_requires_grad_flags_are_restored(calib):
+    model = tiny_model("llama")
+    model.model.embed_tokens.weight.requires_grad_(False)  # a caller's own choice, kept as it is
+    before = {n: p.requires_grad for n, p in model.named_parameters() if "layers" not in n or "norm" in n}
+    assert any(before.values()) and not all(before.values())
+    quantize(model, "lrq", "w4a16", calib=calib, iters=1)
+    assert {n: p.requires_grad for n, p in model.named_parameters() if n in before} == before
+
+
+def test_callers_requires_grad_flags_are_restored_after_a_failure(calib, monkeypatch):
+    model = tiny_model("llama")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(R, "_train_block", crash)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(model, "flexround", "w4a16", calib=calib, iters=2)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("spill_mb", [2048.0, 0.0])
+def test_no_resume_state_is_written_without_a_work_dir(calib, monkeypatch, spill_mb):
+    seen = []
+    real_cleanup = R.WorkDir.cleanup
+
+    def snapshot_then_cleanup(self):
+        seen.append(sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()))
+        real_cleanup(self)
+        seen.append(self.path.exists())
+
+    monkeypatch.setattr(R.WorkDir, "cleanup", snapshot_then_cleanup)
+    report = quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, iters=1, spill_mb=spill_mb)
+    files, still_there = seen
+    assert files == [] and not still_there and report["work_dir"] is None  # spills are gone, nothing else was written
+
+
+def test_resume_state_streams_activations_instead_of_passing_them_to_safetensors(calib, tmp_path, monkeypatch):
+    """Block inputs go to .npy written from the (memory-mapped) buffer; safetensors gets grids only
+    (its save_file builds the whole file in memory, which would pull a spill back into RAM)."""
+    saved_keys = []
+    real_save = R.save_file
+
+    def spy(tensors, path, *args, **kwargs):
+        saved_keys.extend(tensors)
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(R, "save_file", spy)
+    work = tmp_path / "w"
+    quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, iters=1, work_dir=str(work), spill_mb=0.0)
+    assert saved_keys and not {"x_fp", "x_q"} & set(saved_keys)
+    assert all(k.endswith(("int_weight", "scale", "zero_point", "act_range")) for k in saved_keys)
+    assert sorted(p.name for p in work.glob("inputs_*")) == ["inputs_2.x_fp.npy", "inputs_2.x_q.npy"]
+    assert not (work / "spill").exists()
+
+
+def test_resume_with_spilled_activations_matches_uninterrupted_run(calib, tmp_path, monkeypatch):
+    opts = dict(iters=4, lr=1e-2, seed=2, spill_mb=0.0)
+    reference = tiny_model("llama")
+    quantize(reference, "lrq", "w4a16", calib=calib, **opts)
+    real_train = R._train_block
+
+    def crash_on_block_1(runner, index, *args, **kwargs):
+        if index == 1:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_train(runner, index, *args, **kwargs)
+
+    work = tmp_path / "run.partial"
+    monkeypatch.setattr(R, "_train_block", crash_on_block_1)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, work_dir=str(work), **opts)
+    monkeypatch.setattr(R, "_train_block", real_train)
+    resumed = tiny_model("llama")
+    assert quantize(resumed, "lrq", "w4a16", calib=calib, work_dir=str(work), **opts)["resumed_blocks"] == 1
+    _assert_same_grids(_grids(reference), _grids(resumed))
+
+
 @pytest.mark.parametrize("bad", [dict(iters=-1), dict(lr=0.0), dict(batch_size=0), dict(clip="mse"),
                                  dict(smooth_alpha=1.5)])
 def test_bad_engine_options(calib, bad):

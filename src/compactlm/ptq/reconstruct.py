@@ -21,10 +21,13 @@ quantizes them during reconstruction too, together with 8-bit k/v outputs when t
 
 Memory: only the current block's activations (FP input, quantized-path input, FP target, each
 ``(N, T, C)``) are held; above ``spill_mb`` they live in memory-mapped files of the work
-directory. Resume: after each block its baked :class:`~compactlm.quant.QuantizedWeight` grids and
-activation ranges, and the next block's two inputs, are written atomically to ``work_dir``; a
-restarted run with the same configuration replays the finished blocks from there and continues
-with identical results (every random draw is seeded per block).
+directory. Resume (only with a ``work_dir``): after each block its baked
+:class:`~compactlm.quant.QuantizedWeight` grids and activation ranges, and the next block's two
+inputs (as ``.npy``, streamed from RAM or from the memory-mapped spill without another in-memory
+copy), are written atomically to ``work_dir``; a restarted run with the same configuration replays
+the finished blocks from there and continues with identical results (every random draw is seeded
+per block). Without a ``work_dir`` nothing but the spill files is written. The ``requires_grad``
+flags of the caller's parameters are restored at the end.
 """
 
 from __future__ import annotations
@@ -202,17 +205,20 @@ class ActivationStore:
 
 
 class WorkDir:
-    """Resumable state of one reconstruction run.
+    """State of one reconstruction run: spill files, and (unless temporary) resume state.
 
     Layout: ``fingerprint.json`` (what run this is), ``progress.json`` (``{"done": k}``),
     ``block_<i>.safetensors`` (baked grids + activation ranges of block ``i``),
-    ``inputs_<k>.safetensors`` (FP and quantized-path inputs of block ``k``), ``spill/``.
+    ``inputs_<k>.x_fp.npy`` / ``inputs_<k>.x_q.npy`` (FP and quantized-path inputs of block ``k``),
+    ``spill/``. A temporary work directory (no ``--work-dir``: no resume) holds ``spill/`` only.
     """
 
     def __init__(self, path: Path, fingerprint: dict, temporary: bool):
         self.path = path
         self.temporary = temporary
         path.mkdir(parents=True, exist_ok=True)
+        if temporary:
+            return
         fp_file = path / "fingerprint.json"
         if fp_file.exists():
             old = json.loads(fp_file.read_text())
@@ -225,33 +231,62 @@ class WorkDir:
             write_json(fp_file, fingerprint)
 
     @property
+    def resumable(self) -> bool:
+        return not self.temporary
+
+    @property
     def done(self) -> int:
         f = self.path / "progress.json"
-        return json.loads(f.read_text())["done"] if f.exists() else 0
+        return json.loads(f.read_text())["done"] if self.resumable and f.exists() else 0
 
     def spill_path(self, name: str) -> Path:
         (self.path / "spill").mkdir(exist_ok=True)
         return self.path / "spill" / f"{name}.npy"
 
+    def _inputs_path(self, index: int, name: str) -> Path:
+        return self.path / f"inputs_{index}.{name}.npy"
+
     def save_block(self, index: int, tensors: dict[str, torch.Tensor], x_fp: ActivationStore,
                    x_q: ActivationStore, report: dict) -> None:
-        """Record block ``index`` as finished, with the inputs of block ``index + 1``."""
+        """Record block ``index`` as finished, with the inputs of block ``index + 1`` (no-op when temporary)."""
+        if not self.resumable:
+            return
         _atomic_save(tensors, self.path / f"block_{index}.safetensors")
-        _atomic_save({"x_fp": x_fp.data.contiguous(), "x_q": x_q.data.contiguous()},
-                     self.path / f"inputs_{index + 1}.safetensors")
+        for name, store in (("x_fp", x_fp), ("x_q", x_q)):
+            _atomic_save_npy(store.data, self._inputs_path(index + 1, name))
         write_json(self.path / f"report_{index}.json", report)
         write_json(self.path / "progress.json", {"done": index + 1})
-        old = self.path / f"inputs_{index}.safetensors"
-        if old.exists():
-            old.unlink()
+        for name in ("x_fp", "x_q"):
+            self._inputs_path(index, name).unlink(missing_ok=True)
+        (self.path / f"inputs_{index}.safetensors").unlink(missing_ok=True)
 
     def load_block(self, index: int) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = load_file(self.path / f"block_{index}.safetensors")
         report = json.loads((self.path / f"report_{index}.json").read_text())
         return tensors, report
 
-    def load_inputs(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(self.path / f"inputs_{index}.safetensors")
+    def load_inputs_into(self, index: int, x_fp: ActivationStore, x_q: ActivationStore, chunk: int = 64) -> None:
+        """Copy the saved inputs of block ``index`` into the stores, ``chunk`` rows at a time (memory-mapped reads)."""
+        legacy = self.path / f"inputs_{index}.safetensors"  # work dirs written before the .npy layout
+        if legacy.exists() and not self._inputs_path(index, "x_fp").exists():
+            from safetensors import safe_open
+
+            with safe_open(str(legacy), framework="pt") as f:
+                for name, store in (("x_fp", x_fp), ("x_q", x_q)):
+                    store.data[:] = f.get_tensor(name)
+            return
+        for name, store in (("x_fp", x_fp), ("x_q", x_q)):
+            path = self._inputs_path(index, name)
+            if not path.exists():
+                raise CompactLMError(f"--work-dir {self.path}: {path.name} is missing; remove the work dir to start over")
+            saved = np.load(path, mmap_mode="r")
+            if tuple(saved.shape) != store.shape:
+                raise CompactLMError(
+                    f"--work-dir {self.path}: {path.name} has shape {tuple(saved.shape)}, expected {store.shape}"
+                )
+            for start in range(0, len(store), chunk):
+                store.put(start, torch.from_numpy(np.array(saved[start : start + chunk])))  # one chunk in RAM
+            del saved
 
     def cleanup(self) -> None:
         if self.temporary:
@@ -263,6 +298,21 @@ class WorkDir:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(data: torch.Tensor, path: Path) -> None:
+    """Write a contiguous float32 CPU tensor as ``.npy`` straight from its buffer.
+
+    ``np.save`` writes the array's memory with ``tofile``: a memory-mapped spill streams through the
+    page cache instead of being copied into RAM (as ``safetensors.save_file`` would: it builds the
+    whole file as one bytes object).
+    """
+    if not data.is_contiguous():
+        raise ValueError("activation store must be contiguous")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, data.numpy(), allow_pickle=False)
     os.replace(tmp, path)
 
 
@@ -349,16 +399,48 @@ def reconstruct(
     work = WorkDir(Path(tempfile.mkdtemp(prefix=f"compactlm-{method}-")) if temporary else Path(config.work_dir),
                    _fingerprint(model, scheme, method, config, calib), temporary)
     act_in_recon = _acts_in_recon(scheme, config)
-    runner = BlockRunner(model, calib)
-    for p in model.parameters():
+    flags = _freeze_parameters(model)
+    stores: dict[str, ActivationStore] = {}
+    try:
+        runner = BlockRunner(model, calib)
+        x0 = capture_first_block_input(model, calib[:1])
+        shape = (n, *x0.shape[1:])
+        spill = 3 * math.prod(shape) * 4 / 2**20 > config.spill_mb
+        stores = {k: ActivationStore(shape, work.spill_path(k) if spill else None) for k in ("x_fp", "x_q", "y_fp")}
+        start_block = _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantizer, method,
+                                          work, runner, stores, act_in_recon, batch, device, report)
+    finally:
+        for store in stores.values():
+            store.close()
+        work.cleanup()
+        _restore_requires_grad(flags)
+    report["learned_params"] = sum(b["learned_params"] for b in report["blocks"])
+    report["quantized_weights"] = sum(m.int_weight.numel() for b in blocks for m in b.modules() if hasattr(m, "int_weight"))
+    report["resumed_blocks"] = start_block
+    report["work_dir"] = None if temporary else str(work.path)
+    return report
+
+
+def _freeze_parameters(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+    """Turn off gradients of every parameter; returns the flags to restore."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
         p.requires_grad_(False)
+    return flags
 
-    x0 = capture_first_block_input(model, calib[:1])
-    shape = (n, *x0.shape[1:])
-    spill = 3 * math.prod(shape) * 4 / 2**20 > config.spill_mb
-    stores = {k: ActivationStore(shape, work.spill_path(k) if spill else None) for k in ("x_fp", "x_q", "y_fp")}
+
+def _restore_requires_grad(flags: list[tuple[nn.Parameter, bool]]) -> None:
+    """Put back the caller's ``requires_grad`` flags (parameters replaced meanwhile are gone from the model)."""
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
+def _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantizer, method, work: WorkDir,
+                        runner, stores: dict[str, ActivationStore], act_in_recon: bool, batch: int, device,
+                        report: dict) -> int:
+    """Reconstruct (or replay from ``work``) every block in order; returns the number of replayed blocks."""
+    n = len(calib)
     x_fp, x_q, y_fp = stores["x_fp"], stores["x_q"], stores["y_fp"]
-
     start_block = work.done
     if start_block == 0:
         for start, idx in _chunks(n, batch):
@@ -366,10 +448,7 @@ def reconstruct(
         x_q.data[:] = x_fp.data
     else:
         log.info("%s: resuming from %s after %d finished blocks", method, work.path, start_block)
-        inputs = work.load_inputs(start_block)
-        x_fp.data[:] = inputs["x_fp"]
-        x_q.data[:] = inputs["x_q"]
-        del inputs
+        work.load_inputs_into(start_block, x_fp, x_q)
 
     t_start = time.perf_counter()
     for i, block in enumerate(blocks):
@@ -397,6 +476,7 @@ def reconstruct(
         # Next quantized-path input: this block, baked, on the quantized-path input.
         loss_after = _run_block(runner, i, block, x_q, x_q, batch, device, target=y_fp)
         x_fp.data, y_fp.data = y_fp.data, x_fp.data  # FP output is the next FP input
+        x_fp.path, y_fp.path = y_fp.path, x_fp.path  # (each path stays with its buffer)
         tensors = _install_wrapped(block, spec, scheme, wrappers, qweights)
         block_report = {
             "block": i, "loss_before": round(loss_before, 6), "loss_after": round(loss_after, 6),
@@ -406,16 +486,8 @@ def reconstruct(
                  loss_before, loss_after, block_report["seconds"])
         report["blocks"].append(block_report)
         work.save_block(i, tensors, x_fp, x_q, block_report)
-
-    for store in stores.values():
-        store.close()
-    work.cleanup()
-    report["learned_params"] = sum(b["learned_params"] for b in report["blocks"])
-    report["quantized_weights"] = sum(m.int_weight.numel() for b in blocks for m in b.modules() if hasattr(m, "int_weight"))
     report["reconstruction_seconds"] = round(time.perf_counter() - t_start, 2)
-    report["resumed_blocks"] = start_block
-    report["work_dir"] = None if temporary else str(work.path)
-    return report
+    return start_block
 
 
 def _wrap_block(block: nn.Module, spec: ArchSpec, scheme: QuantScheme, make_quantizer, gen: torch.Generator,
