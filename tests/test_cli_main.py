@@ -26,10 +26,19 @@ def test_quantize_writes_a_complete_run_dir_that_reloads(tmp_path, capsys):
     assert code == 0, stdout
     assert {p.name for p in out.iterdir()} >= {"model", "config.json", "report.json", "quantization.json",
                                                 "quant_state.safetensors"}
-    config = json.loads((out / "config.json").read_text())
-    assert config["scheme"] == "w4a16-g32" and config["options"]["clip"] == "lp"
     model, _ = load_model(str(out))
-    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
+    qls = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert len(qls) == 14 and {(q.bits, q.group_size) for q in qls.values()} == {(4, 32)}
+    # --clip lp reached the method: the grid is the API's lp grid, not the min/max one
+    from compactlm.api import quantize
+
+    grids = {}
+    for clip in ("lp", "minmax"):
+        ref, _ = load_model("tiny-llama")
+        quantize(ref, "rtn", "w4a16-g32", clip=clip)
+        grids[clip] = {n: m.weight_scale for n, m in ref.named_modules() if isinstance(m, QuantLinear)}
+    assert all(torch.equal(q.weight_scale, grids["lp"][n]) for n, q in qls.items())
+    assert not all(torch.equal(q.weight_scale, grids["minmax"][n]) for n, q in qls.items())
     assert not list(out.parent.glob(".x.tmp-*"))  # no temporary leftovers
 
 
@@ -79,11 +88,32 @@ def test_models_and_methods_list(capsys):
     assert code == 0 and "rtn" in out and "--clip" in out
 
 
-def test_every_subcommand_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():
-        assert p.format_help(), name
+def _subcommands(parser, prefix=()):
+    """``(path, one-line help, parser)`` of every (nested) subcommand."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, p in action.choices.items():
+                yield (*prefix, name), helps.get(name), p
+                yield from _subcommands(p, (*prefix, name))
+
+
+def test_every_subcommand_and_option_is_documented():
+    """`compactlm --help` lists each command with a line of help, and every flag says what it does."""
+    import argparse
+
+    found = list(_subcommands(build_parser()))
+    assert {"quantize", "eval", "qat", "export", "lut"} <= {path[0] for path, _, _ in found}
+    for path, line, p in found:
+        assert line and line.strip(), f"{' '.join(path)}: no help line in the command list"
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            text = (action.help or "").strip()
+            names = {o.lstrip("-") for o in action.option_strings} | {action.dest}
+            assert text and text not in names, f"{' '.join(path)} {action.option_strings}: no help text"
 
 
 def test_the_session_never_uses_the_users_cache():

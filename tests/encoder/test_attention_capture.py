@@ -24,7 +24,7 @@ def test_probs_match_output_attentions(model_type, batch):
     with AttentionCapture(model, probs=True) as cap:
         out = model(**batch, output_attentions=True)
     assert len(cap.probs) == model.config.num_hidden_layers
-    for mine, ref in zip(cap.probs, out.attentions):
+    for mine, ref in zip(cap.probs, out.attentions, strict=True):
         assert mine.shape == (2, 4, 9, 9)
         torch.testing.assert_close(mine, ref)
     # padding keys get no attention, rows sum to one
@@ -46,7 +46,8 @@ def test_scores_rebuild_probs_and_outputs_are_sublayer_outputs(model_type, batch
         model(**batch)
     h.remove()
     additive = (1.0 - batch["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min
-    for scores, probs in zip(cap.scores, cap.probs):
+    assert len(cap.scores) == len(cap.probs) == model.config.num_hidden_layers
+    for scores, probs in zip(cap.scores, cap.probs, strict=True):
         assert scores.shape == (2, 4, 9, 9)
         torch.testing.assert_close(torch.softmax(scores + additive, -1), probs)
     # layer 1 attention output = LayerNorm(dense(context) + x) by hand, x the block input

@@ -24,6 +24,13 @@ def _qlinears(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
+def _paired(a, b):
+    """``(name, qa, qb)`` for the QuantLinears of two models, which must be the same non-empty set."""
+    qa, qb = _qlinears(a), _qlinears(b)
+    assert qa and qa.keys() == qb.keys()
+    return [(n, qa[n], qb[n]) for n in qa]
+
+
 @pytest.mark.parametrize("scheme", ["w4a16", "w3a16-g16", "w8a8", "w2a16-g32"])
 @pytest.mark.parametrize("clip", ["minmax", "lp"])
 def test_zero_initialised_quantizers_are_rtn(scheme, clip):
@@ -44,7 +51,7 @@ def test_zero_iterations_equal_rtn_model(method, model_type, calib):
     ours, ref = tiny_model(model_type), tiny_model(model_type)
     quantize(ours, method, "w4a16", calib=calib, iters=0)
     quantize(ref, "rtn", "w4a16")
-    for (n, a), (_, b) in zip(_qlinears(ours).items(), _qlinears(ref).items()):
+    for n, a, b in _paired(ours, ref):
         assert torch.equal(a.int_weight, b.int_weight) and torch.equal(a.weight_scale, b.weight_scale), n
     with torch.no_grad():
         assert torch.equal(ours(input_ids=calib).logits, ref(input_ids=calib).logits)
@@ -57,7 +64,7 @@ def test_trained_weights_lie_on_the_grid(method, calib):
     rtn = tiny_model("llama")
     quantize(rtn, "rtn", "w3a16-g32")
     changed = 0
-    for (name, q), (_, r) in zip(_qlinears(model).items(), _qlinears(rtn).items()):
+    for name, q, r in _paired(model, rtn):
         qw = q.qweight
         qw.validate()
         qmin, qmax = qrange(3, False)
@@ -134,7 +141,7 @@ def test_w4a8_reconstructs_weight_only_then_quantizes_tokens(model_type, calib):
     a8, a16 = tiny_model(model_type), tiny_model(model_type)
     quantize(a8, "lrq", "w4a8", calib=calib, iters=3)
     quantize(a16, "lrq", "w4a16", calib=calib, iters=3)
-    for (n, q8), (_, q16) in zip(_qlinears(a8).items(), _qlinears(a16).items()):
+    for n, q8, q16 in _paired(a8, a16):
         assert torch.equal(q8.int_weight, q16.int_weight), n
         assert q8.input_quantizer.granularity == "token" and not q8.input_quantizer.static
         q16.input_quantizer = act_quantizer_for(parse_scheme("w4a8"))

@@ -58,7 +58,10 @@ def test_smoothing_factors_formula():
 def test_smoothquant_method_quantizes(token_batch):
     model = _randomize_norms(tiny_model("llama"))
     report = quantize(model, "smoothquant", "w8a8", calib=token_batch, alpha=0.6)
-    assert report["alpha"] == 0.6 and report["static_act_quantizers"] > 0
+    assert report["static_act_quantizers"] > 0
+    # alpha reached the migration: the factors are those of alpha 0.6, not of the default 0.5
+    at = {a: smooth_model(_randomize_norms(tiny_model("llama")), token_batch, alpha=a) for a in (0.5, 0.6)}
+    assert report["smooth_scale_max"] == at[0.6]["smooth_scale_max"] != at[0.5]["smooth_scale_max"]
     assert any(isinstance(m, QuantLinear) for m in model.modules())
     assert torch.isfinite(model(input_ids=token_batch).logits).all()
 
