@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from compactlm.data.classification import encode_examples, get_task, iter_batches, load_classification
 from compactlm.errors import CompactLMError
+from compactlm.quant.activation import padding_mask
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def predict_logits(model: nn.Module, encoded: dict[str, torch.Tensor], batch_siz
     out = []
     for batch in iter_batches(encoded, batch_size):
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        out.append(model(**inputs).logits.float().cpu())
+        with padding_mask(inputs.get("attention_mask")):
+            out.append(model(**inputs).logits.float().cpu())
     model.train(was_training)
     return torch.cat(out)
 

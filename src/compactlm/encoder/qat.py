@@ -57,6 +57,7 @@ from compactlm.encoder.quantizers import (
 from compactlm.errors import CompactLMError
 from compactlm.models.attention import AttentionCapture
 from compactlm.models.specs import get_blocks, get_module, get_spec, set_module
+from compactlm.quant.activation import padding_mask
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def kd_forward(model: nn.Module, batch: dict, needs: set[str], detach: bool = Fa
     want_hidden = "hidden" in needs
     with AttentionCapture(
         model, probs="attn_map" in needs, scores="attn_score" in needs, outputs="attn_out" in needs, detach=detach
-    ) as cap:
+    ) as cap, padding_mask(batch.get("attention_mask")):
         out = model(**batch, output_hidden_states=want_hidden)
     keep = (lambda xs: [x.detach() for x in xs]) if detach else list
     return KDOutputs(

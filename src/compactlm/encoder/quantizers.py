@@ -13,7 +13,9 @@ Weights (Kim et al., EMNLP 2022, following TernaryBERT, Zhang et al. 2020):
 * straight-through estimator: ``∂Ŵ/∂W_c = 1``.
 
 Activations: the input of every quantized linear is fake-quantized to 8 bits, symmetric, with one
-dynamic range per tensor (``s = max|x| / 127``) — :class:`compactlm.quant.ActQuantizer`.
+dynamic range per tensor (``s = max|x| / 127``, over the real tokens: the evaluation and
+distillation forwards set :func:`compactlm.quant.activation.padding_mask`) —
+:class:`compactlm.quant.ActQuantizer`.
 
 Quant-Noise (Fan et al., 2020; used by SDQ): with ``noise_share = p < 1`` only a random share ``p``
 of weight blocks (``block`` consecutive input columns of a row) is replaced by its quantized value

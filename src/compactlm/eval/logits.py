@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactlm.errors import CompactLMError
+from compactlm.quant.activation import padding_mask
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,14 @@ def position_logprobs(
         raise CompactLMError("model: has no language-model head (output embeddings); load it as a causal LM")
     if _split_matches(model):
         base, head = _split_parts(model)
-        out = base(input_ids=input_ids, attention_mask=attention_mask)
+        with padding_mask(attention_mask):
+            out = base(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, H)
         h = hidden[batch_idx, pos_idx]  # (M, H)
         rows = [F.log_softmax(head(h[i:i + chunk]).float(), dim=-1) for i in range(0, h.shape[0], chunk)]
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+        with padding_mask(attention_mask):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
         sel = logits[batch_idx, pos_idx]  # (M, V)
         rows = [F.log_softmax(sel[i:i + chunk].float(), dim=-1) for i in range(0, sel.shape[0], chunk)]
     logp = torch.cat(rows) if rows else torch.zeros(0, 1, device=input_ids.device)  # (M, V)

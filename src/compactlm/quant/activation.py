@@ -4,15 +4,54 @@ Static per-tensor ranges are observed over a calibration set (running min/max) a
 per-token ranges are computed at run time from each token's min/max over the hidden dimension.
 Rounding is straight-through, so reconstruction and QAT can train the weights *under* activation
 quantization.
+
+Padding: a range taken over a whole tensor (dynamic per-tensor, and static calibration) would
+include the hidden states of padding positions, so results would depend on how much a batch is
+padded. Callers that run padded batches wrap the forward in :func:`padding_mask` with the batch's
+``attention_mask``; inputs laid out ``(B, T, ...)`` then take their range over the real tokens
+only (per-token ranges never mix rows, so they need no mask).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from compactlm.errors import CompactLMError
 from compactlm.quant.primitives import fake_quant, minmax_qparams
+
+
+_TOKEN_MASK: ContextVar[torch.Tensor | None] = ContextVar("compactlm_token_mask", default=None)
+
+
+@contextmanager
+def padding_mask(attention_mask: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, whole-tensor activation ranges skip the positions where ``attention_mask`` is 0.
+
+    Args:
+        attention_mask: ``(B, T)``, 1 for real tokens (``None``: no masking).
+    """
+    token = _TOKEN_MASK.set(None if attention_mask is None else attention_mask.detach().bool())
+    try:
+        yield
+    finally:
+        _TOKEN_MASK.reset(token)
+
+
+def real_tokens(x: torch.Tensor) -> torch.Tensor:
+    """The rows of ``x`` ``(B, T, ...)`` at real tokens under the current :func:`padding_mask`.
+
+    ``x`` itself when no mask is set, the layout does not match ``(B, T)``, or no token is real.
+    """
+    mask = _TOKEN_MASK.get()
+    if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return x
+    mask = mask.to(x.device)
+    return x[mask] if bool(mask.any()) else x
 
 
 class ActQuantizer(nn.Module):
@@ -70,8 +109,9 @@ class ActQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
-            self.x_min.copy_(torch.minimum(self.x_min, x.detach().min().float()))
-            self.x_max.copy_(torch.maximum(self.x_max, x.detach().max().float()))
+            seen = real_tokens(x.detach())
+            self.x_min.copy_(torch.minimum(self.x_min, seen.min().float()))
+            self.x_max.copy_(torch.maximum(self.x_max, seen.max().float()))
             return x
         if self.static:
             if not self.calibrated:
@@ -83,7 +123,8 @@ class ActQuantizer(nn.Module):
             x_min = x.detach().amin(dim=-1, keepdim=True)
             x_max = x.detach().amax(dim=-1, keepdim=True)
         else:
-            x_min, x_max = x.detach().min(), x.detach().max()
+            seen = real_tokens(x.detach())  # padding positions do not widen the range
+            x_min, x_max = seen.min(), seen.max()
         s, z = minmax_qparams(x_min, x_max, self.bits, self.symmetric)
         return fake_quant(x, s.to(x.dtype), z.to(x.dtype), self.bits, self.symmetric)
 
