@@ -24,6 +24,8 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.qat",
     "compactlm.commands.encoder_qat",
     "compactlm.commands.export",
+    "compactlm.commands.generate",
+    "compactlm.commands.speed",
     "compactlm.commands.lut",
 )
 

@@ -33,6 +33,7 @@ from transformers.pytorch_utils import Conv1D
 
 from compactlm.errors import CompactLMError
 from compactlm.io import read_json, write_json
+from compactlm.memory import release_freed_memory
 from compactlm.models.specs import get_spec, set_module
 from compactlm.quant.activation import ActQuantizer
 from compactlm.quant.linear import QuantLinear, quant_linears
@@ -237,4 +238,6 @@ def load_quantized_run(run_dir: str | os.PathLike, auto_class, config, dtype: to
     missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
         raise CompactLMError(f"--model: {run_dir} misses weights for {', '.join(missing[:3])}; the run is corrupt")
+    del tensors, state
+    release_freed_memory()
     return model

@@ -28,6 +28,7 @@ from torch import nn
 
 from compactlm.cache import cache_dir, wheel_file
 from compactlm.errors import CompactLMError
+from compactlm.memory import release_freed_memory
 from compactlm.models.specs import get_spec
 
 log = logging.getLogger(__name__)
@@ -252,4 +253,5 @@ def load_model(
     model = model.to(device).eval()
     if quantized:
         set_backend(model, backend)
+        release_freed_memory()  # the unpacked codes each kernel was packed from
     return model, tokenizer
