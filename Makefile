@@ -13,7 +13,7 @@ PEERS_STAMP := $(PEERS)/.installed-stamp
 LLMC        ?= llmcompressor==0.14.0.1
 BENCH_ARGS  ?=
 
-.PHONY: install peers demo test test-slow bench-ptq clean
+.PHONY: install peers demo test test-slow bench-ptq bench-serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ peers: $(PEERS_STAMP)
 # the whole PTQ grid (resumable; hours on CPU): make bench-ptq BENCH_ARGS="--groups main"
 bench-ptq: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python bench/ptq/run.py $(BENCH_ARGS)
+
+# real-inference benchmark (resumable; ~1 h on the 2-core CPU, run it on an otherwise idle machine)
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve/run.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m compactlm.demo

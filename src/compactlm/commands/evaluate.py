@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=40960, help="perplexity tokens (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default: 4 for perplexity, 16 for zero-shot)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", help="dtype of activations and unquantized weights: float32, bfloat16, float16 (default: %(default)s)")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "dequant"),
+                   help="quantized run dirs: auto = real int4/int8 kernels where the grid has one; reference = the "
+                   "fake-quant path (cached dequantized weights); dequant = dequantize every call (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.set_defaults(func=run)
 
@@ -63,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise CompactLMError("--limit must be a positive number of examples")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    model, tok = load_model(args.model, device=device)
+    from compactlm.serve import choose_dtype
+
+    model, tok = load_model(args.model, device=device, dtype=choose_dtype(args.dtype, device), backend=args.backend)
     if tok is None and args.model.startswith("tiny-"):
         from compactlm.data.char_tokenizer import char_tokenizer
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         result["zeroshot"] = zeroshot(model, tok, tasks, limit=args.limit, batch_size=args.batch_size or 16)
         result["zeroshot"]["limit"] = args.limit
     result["device"] = str(device)
+    result["dtype"], result["backend"] = args.dtype, args.backend
     result["seconds"] = round(time.perf_counter() - start, 2)
     print(format_table(result))
     if args.out:

@@ -18,6 +18,10 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
                    help="keep the packed codes beside the kernel packing (+0.5 byte/weight at 4 bits) so long prompts use a dense GEMM")
     p.add_argument("--dense-from-tokens", type=int, default=None,
                    help="with --keep-codes: rows from which a call uses the dense GEMM (default: 32)")
+    p.add_argument("--head-int8", action="store_true",
+                   help="round the output head to 8-bit per-channel codes at load (RTN; fewer bytes read per token)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward (minutes of compilation first; faster decode after)")
 
 
 def load_for_inference(args: argparse.Namespace):
@@ -35,7 +39,8 @@ def load_for_inference(args: argparse.Namespace):
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     model, tok = load_model(args.model, dtype=dtype, backend=args.backend)
-    summary = prepare_for_inference(model, dtype, device, args.backend, args.keep_codes, args.dense_from_tokens)
+    summary = prepare_for_inference(model, dtype, device, args.backend, args.keep_codes, args.dense_from_tokens,
+                                    compile=args.compile, head_int8=args.head_int8)
     return model, tok, device, dtype, summary
 
 

@@ -61,13 +61,14 @@ def run(args: argparse.Namespace) -> int:
     release_freed_memory()
     rss_before = resident_mb()
     model, tok, device, dtype, summary = load_for_inference(args)
-    measure_speed(model, prompt_tokens=8, new_tokens=1, reps=1, warmup=0, progress=False)  # touch every weight
+    if not args.compile:  # touch every weight (a compiled model compiles in the timed warm-up instead)
+        measure_speed(model, prompt_tokens=8, new_tokens=1, reps=1, warmup=0, progress=False)
     release_freed_memory()
     rss_loaded = resident_mb()
     on_disk = str(_embedded_dir(args.model)) if args.model in EMBEDDED else args.model
     result = {
         "model": args.model, "dtype": str(dtype).replace("torch.", ""), "backend": args.backend,
-        "keep_codes": args.keep_codes, "paths": {k: v["layers"] for k, v in summary.items()},
+        "keep_codes": args.keep_codes, "compile": args.compile, "head_int8": args.head_int8, "paths": {k: v["layers"] for k, v in summary.items()},
         # resident memory after load and one 8-token forward (mmapped weights are only resident once read)
         "rss_before_load_mb": round(rss_before, 1), "rss_after_load_mb": round(rss_loaded, 1),
         "rss_model_mb": round(rss_loaded - rss_before, 1), "model_tensor_mb": round(model_bytes(model) / 2**20, 1),

@@ -102,6 +102,7 @@ def measure_speed(
     extra, cache_arg = _forward_kwargs(model)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     prefill, decode, ttft = [], [], []
+    warmup_seconds = 0.0
     for rep in tqdm(range(warmup + reps), desc="speed", unit="rep", disable=not progress):
         sync()
         t0 = time.perf_counter()
@@ -116,12 +117,14 @@ def measure_speed(
             nxt = out.logits[:, -1:].argmax(-1)
         sync()
         t2 = time.perf_counter()
-        if rep >= warmup:
+        if rep < warmup:
+            warmup_seconds += t2 - t0
+        else:
             prefill.append(prompt_tokens / (t1 - t0))
             ttft.append((t1 - t0) * 1e3)
             decode.append(new_tokens / (t2 - t1))
     result = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "reps": reps, "warmup": warmup,
-              "threads": torch.get_num_threads(), "device": str(device)}
+              "warmup_seconds": round(warmup_seconds, 2), "threads": torch.get_num_threads(), "device": str(device)}
     for name, xs in (("prefill_tok_s", prefill), ("decode_tok_s", decode), ("ttft_ms", ttft)):
         s = _spread(xs)
         result[name] = round(s["median"], 3)
