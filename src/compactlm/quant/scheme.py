@@ -11,7 +11,13 @@ w4a8       4-bit asymmetric, per output channel        8-bit asymmetric, per tok
 w4a16      4-bit asymmetric, per output channel        full precision
 w3a16      3-bit asymmetric, per output channel        full precision
 w2a16      2-bit asymmetric, per output channel        full precision
+gguf-q4_0  4-bit symmetric, groups of 32 (GGUF Q4_0)   full precision
+gguf-q4_1  4-bit asymmetric, groups of 32 (GGUF Q4_1)  full precision
+gguf-q8_0  8-bit symmetric, groups of 32 (GGUF Q8_0)   full precision
 =========  ==========================================  =====================================
+
+The ``gguf-*`` names are whole strings (no modifiers); their canonical names are ``w4a16-g32-sym``,
+``w4a16-g32`` and ``w8a16-g32``.
 
 W8A8 weights are symmetric because int8 W8A8 kernels (vLLM's compressed-tensors path) need a
 symmetric weight grid; everywhere else weights are asymmetric as in the paper.
@@ -124,7 +130,13 @@ PRESETS: dict[str, QuantScheme] = {
     "w4a16": QuantScheme(w_bits=4),
     "w3a16": QuantScheme(w_bits=3),
     "w2a16": QuantScheme(w_bits=2),
+    # Grids of llama.cpp's GGUF block types (blocks of 32), so a method can target the format
+    # exactly (compactlm export --format gguf writes these codes without re-rounding).
+    "gguf-q4_0": QuantScheme(w_bits=4, w_group_size=32, w_symmetric=True),
+    "gguf-q4_1": QuantScheme(w_bits=4, w_group_size=32, w_symmetric=False),
+    "gguf-q8_0": QuantScheme(w_bits=8, w_group_size=32, w_symmetric=True),
 }
+FORMAT_PRESETS = ("gguf-q4_0", "gguf-q4_1", "gguf-q8_0")  # whole-string names, no modifiers
 
 _HEAD = re.compile(r"^w(\d+)a(\d+)$")
 _MODIFIERS = "-g<N>, -sym, -asym, -kv<bits>, -tensor, -token, -static, -dynamic"
@@ -178,6 +190,8 @@ def parse_scheme(spec: str) -> QuantScheme:
     """
     if not isinstance(spec, str) or not spec:
         raise CompactLMError(f"--scheme: expected a string like 'w4a16', got {spec!r}")
+    if spec.strip().lower() in FORMAT_PRESETS:
+        return PRESETS[spec.strip().lower()]
     tokens = spec.strip().lower().split("-")
     m = _HEAD.match(tokens[0])
     if not m:
