@@ -13,7 +13,7 @@ PEERS_STAMP := $(PEERS)/.installed-stamp
 LLMC        ?= llmcompressor==0.14.0.1
 BENCH_ARGS  ?=
 
-.PHONY: install peers demo test test-slow bench-ptq bench-serve clean
+.PHONY: install peers llamacpp demo test test-slow bench-ptq bench-serve bench-gguf clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ bench-ptq: $(STAMP) $(PEERS_STAMP)
 # real-inference benchmark (resumable; ~1 h on the 2-core CPU, run it on an otherwise idle machine)
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve/run.py $(BENCH_ARGS)
+
+# llama.cpp through its Python bindings (builds llama.cpp from source: ~10 min on 2 cores); optional,
+# kept out of make test. Needed by bench-gguf and the slow GGUF test.
+LLAMACPP ?= llama-cpp-python==0.3.36
+llamacpp: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt "$(LLAMACPP)"
+
+bench-gguf: $(STAMP)
+	$(BIN)/python bench/gguf/run.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m compactlm.demo

@@ -257,7 +257,7 @@ def refresh_row(row: Row, record: dict, args, command: str) -> None:
         _, tok = load_model(MODEL)
         model = load_compressed_tensors(record["checkpoint"])
     else:
-        model, tok = load_model(record["checkpoint"])
+        model, tok = load_model(record["checkpoint"], backend="reference")  # the fake-quant path the rows were scored on
     model.eval()
     ppl, zs = stale(row, record, args)
     new = evaluate(model, tok, args, row, ppl=ppl, zeroshot=zs)

@@ -155,7 +155,7 @@ def run_row(row: str, args, teacher, tok) -> tuple[dict, list | None]:
         if not Path(args.lrq_dir).exists():
             log.warning("skip %s: no PTQ-bench checkpoint at %s", row, args.lrq_dir)
             return {}, None
-        model, _ = load_model(args.lrq_dir)
+        model, _ = load_model(args.lrq_dir, backend="reference")
         rec.update(method="ptq-lrq", scheme=row[4:], train_tokens=0, checkpoint=os.path.relpath(args.lrq_dir, ROOT),
                    note="quantized by bench/ptq (calibration and iterations there), evaluated here")
     else:
@@ -166,7 +166,7 @@ def run_row(row: str, args, teacher, tok) -> tuple[dict, list | None]:
         model, _, report = run_qat(recipe, out=RUNS / row, overwrite=False, teacher=teacher, tokenizer=tok,
                                    progress=False) if not (RUNS / row).exists() else (None, None, None)
         if report is None:  # trained before an interruption of the evaluation: reload the run dir
-            model, _ = load_model(str(RUNS / row))
+            model, _ = load_model(str(RUNS / row), backend="reference")
             report = read_json(RUNS / row / "report.json", {})
         history = report["history"]
         rec.update(method="qat", scheme=scheme, loss=loss, quantizer=report["quantizer"],

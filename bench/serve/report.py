@@ -54,8 +54,39 @@ def write_report(rows: list[dict]) -> None:
             f"{'–' if delta is None else f'{delta:+.2f}%'} |"
         )
     lines += ["", "Disk of the FP rows is the FP32 checkpoint they load (the BF16 row casts it at load)."]
+    lines += _interleaved()
     (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
     _plot(rows, names)
+
+
+def _interleaved() -> list[str]:
+    """Decode/prefill ratios from rows timed in alternation (``serve-interleaved.json``)."""
+    import json
+    import statistics
+
+    path = RESULTS / "serve-interleaved.json"
+    if not path.is_file():
+        return []
+    recs = json.loads(path.read_text())
+    names = list(dict.fromkeys(r["row"] for r in recs))
+    med = {n: {k: statistics.median(r[k] for r in recs if r["row"] == n) for k in ("decode_tok_s", "prefill_tok_s")}
+           for n in names}
+    rounds = max(r["round"] for r in recs) + 1
+    lines = ["", "## Ratios from alternating runs", "",
+             f"The same rows timed in alternation, {rounds} rounds of `compactlm speed --threads 1` each (median of the "
+             "per-round medians): the host's speed drifts by 10–20% over minutes (other tenants), so ratios between "
+             "rows measured far apart in the table above are less reliable than these. Command: "
+             f"`{recs[0]['command']}`.", "",
+             "| row | decode tok/s | ×FP32 | ×BF16 | prefill tok/s | ×FP32 | per-round decode |", "|---|---:|---:|---:|---:|---:|---|"]
+    fp, bf = med.get("fp32"), med.get("bf16")
+    for n in names:
+        m = med[n]
+        per = ", ".join(f"{r['decode_tok_s']:.1f}" for r in recs if r["row"] == n)
+        rf = f"{m['decode_tok_s'] / fp['decode_tok_s']:.2f}" if fp else "–"
+        rb = f"{m['decode_tok_s'] / bf['decode_tok_s']:.2f}" if bf else "–"
+        pf = f"{m['prefill_tok_s'] / fp['prefill_tok_s']:.2f}" if fp else "–"
+        lines.append(f"| {n} | {m['decode_tok_s']:.1f} | {rf} | {rb} | {m['prefill_tok_s']:.0f} | {pf} | {per} |")
+    return lines
 
 
 def _plot(rows, names) -> None:

@@ -245,6 +245,32 @@ def run_row(row: Row, args, done: set) -> None:
     write_report(read_records())
 
 
+INTERLEAVED = ROOT / "bench" / "results" / "serve-interleaved.json"
+
+
+def interleave(names: list[str], rounds: int, args) -> None:
+    """Speed of ``names`` measured in alternation (1 thread), ``rounds`` times: ratios between rows
+    measured minutes apart on a shared host drift with its load; alternating them cancels the drift."""
+    rows = {r.name: r for r in ROWS}
+    records = json.loads(INTERLEAVED.read_text()) if INTERLEAVED.is_file() else []
+    for k in range(rounds):
+        for name in names:
+            row = rows[name]
+            out_json = RUNS / f"interleaved-{name}-r{k}.json"
+            cmd = speed_cmd(row, 1, args, out_json)
+            print(f"[interleaved r{k}] {name}", flush=True)
+            subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True)
+            speed = json.loads(out_json.read_text())
+            records.append({"row": name, "round": k, "threads": 1, **{x: speed[x] for x in (
+                "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "prefill_tok_s", "ttft_ms", "rss_model_mb",
+                "disk_mb", "reps")}, "speed_command": " ".join(cmd).replace(str(ROOT) + "/", ""),
+                "command": f".venv/bin/python bench/serve/run.py --interleave {','.join(names)} --rounds {rounds} --reps {args.reps}",
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            tmp = INTERLEAVED.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(records, indent=1) + "\n")
+            os.replace(tmp, INTERLEAVED)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", help="comma list of row names (default: all): " + ", ".join(r.name for r in ROWS))
@@ -255,13 +281,17 @@ def main(argv=None) -> int:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--report", action="store_true", help="only rewrite serve.md / serve.png")
+    p.add_argument("--interleave", help="comma list of rows to time in alternation (1 thread) for drift-free ratios")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of --interleave (default: %(default)s)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.threads = [int(t) for t in str(args.threads).split(",")]
     sys.path.insert(0, str(HERE))
     if args.child:
         return child(args)
-    if args.report:
+    if args.interleave:
+        interleave(args.interleave.split(","), args.rounds, args)
+    if args.report or args.interleave:
         from report import write_report
 
         write_report(read_records())

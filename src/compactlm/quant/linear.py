@@ -29,7 +29,6 @@ from compactlm.errors import CompactLMError
 from compactlm.quant.activation import ActQuantizer
 from compactlm.quant.kernels import Kernel, LayerGrid, select_kernel
 from compactlm.quant.packing import pack_codes, unpack_codes, zero_point_storage
-from compactlm.quant.primitives import expand_groups
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
 
 BACKENDS = ("reference", "auto", "dequant")
@@ -118,10 +117,10 @@ class QuantLinear(nn.Module):
         return self._dequantize(dtype)
 
     def _dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        codes = self.int_weight.to(torch.float32)
-        scale = expand_groups(self.weight_scale.float(), self.group_size)
-        zp = expand_groups(self.weight_zero_point.float(), self.group_size)
-        return ((codes - zp) * scale).to(dtype)
+        n_groups = self.in_features // self.group_size
+        codes = self.int_weight.to(torch.float32).view(self.out_features, n_groups, self.group_size)
+        w = (codes - self.weight_zero_point.float()[..., None]) * self.weight_scale.float()[..., None]
+        return w.view(self.out_features, self.in_features).to(dtype)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """``Ŵ`` in ``dtype``, rebuilt only when the grid buffers changed (identity or version)."""

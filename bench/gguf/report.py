@@ -1,0 +1,49 @@
+"""``bench/results/gguf.md`` / ``gguf.png`` from ``gguf.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def write_report(rows: list[dict]) -> None:
+    if not rows:
+        return
+    get = lambda name, t: next((r for r in rows if r["row"] == name and r["threads"] == t), None)  # noqa: E731
+    names = list(dict.fromkeys(r["row"] for r in rows))
+    fp = get("fp", 2) or get("fp", 1)
+    ref = get("llamacpp-q4_0", 2) or get("llamacpp-q4_0", 1)
+    lines = ["# GGUF in llama.cpp: compactlm's codes against llama.cpp's own Q4_0 (smollm2-135m)", "",
+             "Produced by `.venv/bin/python bench/gguf/run.py` (file commands in `gguf.json`). PPL computed by "
+             f"llama.cpp (llama-cpp-python {rows[0]['llama_cpp_python']}) on {rows[0]['ppl_tokens']} scored "
+             "`wiki-eval` tokens (512-token windows, the ids compactlm's evaluator uses); decode = 64 greedy tokens after a 512-token prompt, median of "
+             f"{rows[0]['reps']} after a warm-up; logit diff = largest |llama.cpp − compactlm| logit on the first window "
+             "(llama.cpp quantizes activations to 8-bit blocks in its dot products, so it is not bit-exact).", "",
+             "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp Q4_0's | decode tok/s 1 thr | 2 thr | max logit diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in names:
+        r = get(n, 2) or get(n, 1)
+        d = None if fp is None else r["ppl_llamacpp"] - fp["ppl_llamacpp"]
+        ratio = None if (d is None or ref is None or n in ("fp",)) else d / (ref["ppl_llamacpp"] - fp["ppl_llamacpp"])
+        t1, t2 = get(n, 1), get(n, 2)
+        diff = r.get("max_logit_diff_vs_compactlm")
+        lines.append(f"| {n} | {r['file_mb']:.1f} | {r['ppl_llamacpp']:.3f} | {'–' if d is None else f'{d:+.3f}'} | "
+                     f"{'–' if ratio is None else f'{ratio:.2f}'} | {t1['decode_tok_s'] if t1 else '–'} | "
+                     f"{t2['decode_tok_s'] if t2 else '–'} | {'–' if diff is None else f'{diff:.3f}'} |")
+    (RESULTS / "gguf.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].bar(names, [(get(n, 2) or get(n, 1))["ppl_llamacpp"] for n in names], color="tab:blue")
+    axes[0].set_title("perplexity by llama.cpp (wiki-eval)")
+    axes[1].bar(names, [(get(n, 2) or get(n, 1))["decode_tok_s"] for n in names], color="tab:orange")
+    axes[1].set_title("llama.cpp decode tokens/s (2 threads)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "gguf.png", dpi=110)
+    plt.close(fig)

