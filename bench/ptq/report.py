@@ -8,6 +8,7 @@ Pure functions of the records (no model code), so the report can be rewritten at
 from __future__ import annotations
 
 import os
+import json
 from pathlib import Path
 
 SCHEMES = ("w4a16", "w3a16", "w4a8", "w8a8", "w2a16-g64")
@@ -117,6 +118,7 @@ def markdown(rows: list[dict]) -> str:
                     f"{_fmt(ratio.get((method, scheme, '')), 3)} | {_fmt(zs, 3)} | {_fmt(r.get('seconds'), 1)} | "
                     f"{_fmt(r.get('peak_mem_mb'), 0)} | {_fmt(r.get('learned_params'))} | {r.get('calib', '')} | "
                     f"{r.get('budget', '')} |")
+    lines += _deployed_section(main)
     zs_rows = [r for r in rows if not r.get("variant") and r.get("zeroshot_avg") is not None]
     if zs_rows:
         from records import ZEROSHOT_TASKS
@@ -145,6 +147,47 @@ def markdown(rows: list[dict]) -> str:
     commands = sorted({c for r in rows for c in (r.get("command"), r.get("eval_command")) if c})
     lines += ["", "Device: " + "; ".join(devices), "", "Commands:", ""] + [f"- `{c}`" for c in commands] + [""]
     return "\n".join(lines)
+
+
+def _deployed_section(main: list[dict]) -> list[str]:
+    """Size and speed of each weight grid from ``bench/results/serve.json`` beside the PPL of each method.
+
+    Speed and size depend on the grid (bits, groups, activations) only, not on which method chose
+    the codes, so one measured row per scheme serves every method of that scheme.
+    """
+    serve_path = Path(__file__).resolve().parents[1] / "results" / "serve.json"
+    if not serve_path.is_file():
+        return []
+    serve = [r for r in json.loads(serve_path.read_text()) if r.get("variant", "") == ""]
+    by_scheme: dict[str, dict[int, dict]] = {}
+    for r in serve:
+        key = "fp32" if r["row"] == "fp32" else r["scheme"]
+        if r["method"] in ("fp", "rtn") or key not in by_scheme:
+            by_scheme.setdefault(key, {})[r["threads"]] = r
+    fp = by_scheme.get("fp32", {})
+    lines = ["", "## Quality, size and speed together", "",
+             "Deployed through `compactlm speed` (bench/serve: bf16 activations, packed codes, int4/int8 kernels; batch 1, "
+             "decode = 64 tokens after a 512-token prompt, median of 5). Size and speed depend only on the grid, so one "
+             "measured row per scheme serves every method; PPL as in the tables above. Full table: "
+             "[serve.md](serve.md).", "",
+             "| scheme | PPL by method | disk MB (×FP32) | resident MB (×FP32) | decode tok/s 1 thr (×FP32) | 2 thr | "
+             "prefill tok/s 1 thr |", "|---|---|---|---|---|---|---|"]
+    for scheme in ("fp32",) + SCHEMES:
+        meas = by_scheme.get(scheme)
+        if not meas:
+            continue
+        r1, r2, f1 = meas.get(1), meas.get(2), fp.get(1)
+        ppls = ", ".join(f"{LABEL.get(r['method'], r['method'])} {_fmt(r.get('ppl_wiki_eval'))}"
+                         for r in main if r["scheme"] == scheme) or "–"
+        if scheme == "fp32":
+            ppls = "FP32 " + _fmt(next((r.get("ppl_wiki_eval") for r in main if r["method"] == "fp"), None))
+        rat = lambda a, b, k: "" if not (a and b) else f" ({a[k] / b[k]:.2f}×)"  # noqa: E731
+        r = r1 or r2
+        lines.append(f"| {scheme} | {ppls} | {_fmt(r['disk_mb'], 1)}{rat(r, f1, 'disk_mb')} | "
+                     f"{_fmt(r['rss_model_mb'], 1)}{rat(r, f1, 'rss_model_mb')} | "
+                     f"{_fmt(r1 and r1['decode_tok_s'], 1)}{rat(r1, f1, 'decode_tok_s')} | "
+                     f"{_fmt(r2 and r2['decode_tok_s'], 1)} | {_fmt(r1 and r1['prefill_tok_s'], 0)} |")
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
