@@ -70,3 +70,19 @@ def token_batch():
     """(4, 32) random token ids inside the tiny vocabulary (ids 0-1 kept for special tokens)."""
     g = torch.Generator().manual_seed(0)
     return torch.randint(2, 128, (4, 32), generator=g)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``compactlm`` with ``argv``; returns ``(exit code, stdout, stderr)``."""
+    from compactlm.cli import main
+
+    def run(argv):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse / parser.exit
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import compactlm
-from compactlm.cli import main
 from compactlm.data.char_tokenizer import char_tokenizer
 from compactlm.errors import CompactLMError
 from compactlm.models import load_model, save_quantized
@@ -15,15 +14,6 @@ from compactlm.quant import QuantLinear
 from compactlm.serve import generate_text, prepare_for_inference
 from compactlm.serve.attention import NAME, use_decode_attention
 from compactlm.serve.runtime import choose_device, choose_dtype, quantize_head
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("model_type", DECODER_TYPES)
@@ -82,13 +72,13 @@ def test_device_and_dtype_choice():
             choose_device("cuda")
 
 
-def test_speed_command_on_a_quantized_run(tmp_path, token_batch, capsys):
+def test_speed_command_on_a_quantized_run(tmp_path, token_batch, run_cli):
     model = tiny_model("llama")
     compactlm.quantize(model, "rtn", "w4a16-g32", calib=token_batch)
     save_quantized(model, None, tmp_path / "run")
     out = tmp_path / "speed.json"
     code, stdout, err = run_cli(["speed", "--model", str(tmp_path / "run"), "--threads", "1", "--reps", "2",
-                                 "--prompt-tokens", "16", "--new-tokens", "4", "--no-progress", "--out", str(out)], capsys)
+                                 "--prompt-tokens", "16", "--new-tokens", "4", "--no-progress", "--out", str(out)])
     assert code == 0, err
     result = json.loads(out.read_text())
     assert result["paths"] == {"int4-cpu": 14} and "int4-cpu: 14" in stdout
@@ -96,18 +86,18 @@ def test_speed_command_on_a_quantized_run(tmp_path, token_batch, capsys):
     assert result["disk_mb"] > 0 and result["threads"] == 1 and result["reps"] == 2
 
 
-def test_inference_commands_give_one_line_errors(tmp_path, capsys):
-    code, _, err = run_cli(["speed", "--model", "tiny-bert", "--reps", "1", "--no-progress"], capsys)
+def test_inference_commands_give_one_line_errors(tmp_path, run_cli):
+    code, _, err = run_cli(["speed", "--model", "tiny-bert", "--reps", "1", "--no-progress"])
     assert code == 2 and "causal LMs" in err and "Traceback" not in err
-    code, _, err = run_cli(["speed", "--model", "tiny-llama", "--dtype", "int3"], capsys)
+    code, _, err = run_cli(["speed", "--model", "tiny-llama", "--dtype", "int3"])
     assert code == 2 and "--dtype" in err
-    code, _, err = run_cli(["generate", "--model", "tiny-llama", "hi"], capsys)
+    code, _, err = run_cli(["generate", "--model", "tiny-llama", "hi"])
     assert code == 2 and "no tokenizer" in err
-    code, _, err = run_cli(["speed", "--model", "tiny-llama", "--threads", "0"], capsys)
+    code, _, err = run_cli(["speed", "--model", "tiny-llama", "--threads", "0"])
     assert code == 2 and "--threads" in err
 
 
-def test_eval_backend_flag_reaches_the_run(tmp_path, token_batch, capsys):
+def test_eval_backend_flag_reaches_the_run(tmp_path, token_batch, run_cli):
     model = tiny_model("llama")
     compactlm.quantize(model, "rtn", "w4a16", calib=token_batch)
     save_quantized(model, char_tokenizer(), tmp_path / "run", unquantized_dtype=None)
@@ -116,7 +106,7 @@ def test_eval_backend_flag_reaches_the_run(tmp_path, token_batch, capsys):
     for backend in ("reference", "auto"):
         out = tmp_path / f"{backend}.json"
         code, _, err = run_cli(["eval", "--model", str(tmp_path / "run"), "--ppl", str(tmp_path / "c.txt"),
-                                "--max-tokens", "512", "--seq-len", "128", "--backend", backend, "--out", str(out)], capsys)
+                                "--max-tokens", "512", "--seq-len", "128", "--backend", backend, "--out", str(out)])
         assert code == 0, err
         ppl[backend] = json.loads(out.read_text())["perplexity"]["ppl"]
     assert ppl["reference"] != ppl["auto"] and abs(ppl["auto"] / ppl["reference"] - 1) < 0.02
