@@ -20,8 +20,9 @@ def write_report(rows: list[dict]) -> None:
              "`wiki-eval` tokens (512-token windows, the ids compactlm's evaluator uses); decode = 64 greedy tokens after a 512-token prompt, median of "
              f"{rows[0]['reps']} after a warm-up; logit diff = largest |llama.cpp − compactlm| logit on the first window "
              "(llama.cpp quantizes activations to 8-bit blocks in its dot products, so it is not bit-exact).", "",
-             "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp Q4_0's | decode tok/s 1 thr | 2 thr | max logit diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp Q4_0's | decode tok/s 1 thr | 2 thr | "
+             "compactlm in-process decode 1 / 2 thr | max logit diff |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in names:
         r = get(n, 2) or get(n, 1)
         d = None if fp is None else r["ppl_llamacpp"] - fp["ppl_llamacpp"]
@@ -30,7 +31,9 @@ def write_report(rows: list[dict]) -> None:
         diff = r.get("max_logit_diff_vs_compactlm")
         lines.append(f"| {n} | {r['file_mb']:.1f} | {r['ppl_llamacpp']:.3f} | {'–' if d is None else f'{d:+.3f}'} | "
                      f"{'–' if ratio is None else f'{ratio:.2f}'} | {t1['decode_tok_s'] if t1 else '–'} | "
-                     f"{t2['decode_tok_s'] if t2 else '–'} | {'–' if diff is None else f'{diff:.3f}'} |")
+                     f"{t2['decode_tok_s'] if t2 else '–'} | "
+                     f"{(t1 or {}).get('compactlm_decode_tok_s') or '–'} / {(t2 or {}).get('compactlm_decode_tok_s') or '–'} | "
+                     f"{'–' if diff is None else f'{diff:.3f}'} |")
     (RESULTS / "gguf.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

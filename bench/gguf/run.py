@@ -192,11 +192,18 @@ def main(argv=None) -> int:
             llm = llama(path, threads, logits_all=False)
             speeds = llamacpp_decode(llm, ids[:512].tolist(), 64, args.reps)
             del llm
+            ours_speed = None
+            if row.endswith("-q4_0") and not row.startswith("llamacpp"):
+                out_json = RUNS / f"speed-{row}-t{threads}.json"
+                subprocess.run([CLI, "speed", "--model", str(RUNS / f"{row.split('-')[0]}-gguf-q4_0"), "--threads",
+                                str(threads), "--reps", str(args.reps), "--no-progress", "--out", str(out_json)],
+                               check=True, capture_output=True)
+                ours_speed = json.loads(out_json.read_text())["decode_tok_s"]
             record = {"row": row, "model": MODEL, "threads": threads, "file_mb": round(path.stat().st_size / 2**20, 1),
                       "ppl_llamacpp": ppl, "ppl_tokens": n, "max_logit_diff_vs_compactlm": diff,
                       "max_logit_diff_rel": rel, "decode_tok_s": round(statistics.median(speeds), 2),
                       "decode_tok_s_min": round(min(speeds), 2), "decode_tok_s_max": round(max(speeds), 2),
-                      "reps": args.reps, "llama_cpp_python": llama_cpp.__version__, "file_command": command,
+                      "compactlm_decode_tok_s": ours_speed, "reps": args.reps, "llama_cpp_python": llama_cpp.__version__, "file_command": command,
                       "command": f".venv/bin/python bench/gguf/run.py --rows {row}", "seed": 0,
                       "device": "cpu (this project's 2-core machine)",
                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

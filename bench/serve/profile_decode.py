@@ -1,6 +1,6 @@
 """Where a decode step's time goes: torch profiler over decode steps of a model as deployed.
 
-    .venv/bin/python bench/serve/profile.py --model runs/bench-serve/rtn-w4a16 --out bench/results/serve-profile.json
+    .venv/bin/python bench/serve/profile_decode.py --model runs/bench-serve/rtn-w4a16 --out bench/results/serve-profile.json
 
 Loads the model through the inference path (bf16, kernels, decode attention), prefills a
 ``--context``-token prompt, then profiles ``--steps`` single-token decode steps on one thread and
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         rows.append({"model": args.model, "dtype": args.dtype, "context": args.context, "threads": 1,
                      "op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / args.steps, 3),
                      "calls_per_step": e.count // args.steps, "step_ms_profiled": round(wall, 2),
-                     "command": "python bench/serve/profile.py " + " ".join(sys.argv[1:])})
+                     "command": "python bench/serve/profile_decode.py " + " ".join(sys.argv[1:])})
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
     for r in rows:
