@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         rel = None if ours is None else float(np.abs(ours - theirs).max() / np.abs(ours).max())
         del llm
         for threads in threads_todo:
-            llm = llama(path, threads, logits_all=False)
+            llm = llama(path, threads, logits_all=True)  # the bindings keep logits only with logits_all (argmax needs them)
             speeds = llamacpp_decode(llm, ids[:512].tolist(), 64, args.reps)
             del llm
             ours_speed = None
