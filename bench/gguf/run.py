@@ -42,7 +42,8 @@ MODEL = "smollm2-135m"
 CLI = str(ROOT / ".venv" / "bin" / "compactlm")
 LEARNED = ["--iters", "20", "--batch-size", "2", "--lr", "3e-3", "--calib", "wiki", "--calib-samples", "32",
            "--calib-seq-len", "256", "--seed", "0"]
-ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0")
+ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0", "flexround-it50-q4_0")
+ITERS = {"flexround-it50-q4_0": "50"}  # rows with a larger reconstruction budget than LEARNED's
 
 
 def read_records() -> list[dict]:
@@ -59,6 +60,11 @@ def append(record: dict) -> None:
 def sh(cmd: list[str]) -> None:
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def _run_dir(row: str) -> Path:
+    """compactlm run directory of a compactlm row (``flexround-it50-q4_0`` -> ``flexround-it50-gguf-q4_0``)."""
+    return RUNS / (row[: -len("-q4_0")] + "-gguf-q4_0")
 
 
 def make_file(row: str) -> tuple[Path, str]:
@@ -87,10 +93,12 @@ def make_file(row: str) -> tuple[Path, str]:
             os.replace(tmp, out)
         return out, cmd
     method = row.split("-")[0]
-    run = RUNS / f"{method}-gguf-q4_0"
+    run = _run_dir(row)
     q_cmd = [CLI, "quantize", "--model", MODEL, "--method", method, "--scheme", "gguf-q4_0", "--out", str(run)]
     if method != "rtn":
         q_cmd += LEARNED
+    if row in ITERS:
+        q_cmd[q_cmd.index("--iters") + 1] = ITERS[row]
     e_cmd = [CLI, "export", "--model", str(run), "--format", "gguf", "--type", "q4_0", "--out", str(out)]
     if not run.exists():
         sh(q_cmd)
@@ -143,7 +151,7 @@ def compactlm_logits(row: str, ids: list[int]) -> np.ndarray | None:
 
     from compactlm.models import load_model
 
-    path = MODEL if row in ("fp", "llamacpp-q4_0") else str(RUNS / f"{row.split('-')[0]}-gguf-q4_0")
+    path = MODEL if row in ("fp", "llamacpp-q4_0") else str(_run_dir(row))
     if row == "llamacpp-q4_0":
         return None  # no compactlm model holds llama.cpp's own rounding
     model, _ = load_model(path, backend="reference")
@@ -195,7 +203,7 @@ def main(argv=None) -> int:
             ours_speed = None
             if row.endswith("-q4_0") and not row.startswith("llamacpp"):
                 out_json = RUNS / f"speed-{row}-t{threads}.json"
-                subprocess.run([CLI, "speed", "--model", str(RUNS / f"{row.split('-')[0]}-gguf-q4_0"), "--threads",
+                subprocess.run([CLI, "speed", "--model", str(_run_dir(row)), "--threads",
                                 str(threads), "--reps", str(args.reps), "--no-progress", "--out", str(out_json)],
                                check=True, capture_output=True)
                 ours_speed = json.loads(out_json.read_text())["decode_tok_s"]
