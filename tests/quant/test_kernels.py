@@ -115,14 +115,18 @@ def test_run_dir_holds_packed_codes_and_no_quantized_float_weights(token_batch, 
     assert compactlm.io.read_json(tmp_path / "run" / QUANT_META)["format_version"] == FORMAT_VERSION
 
 
-def test_format_1_run_dir_still_loads(token_batch, tmp_path):
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: q/k/v biases lived in model/ in format 1
+def test_format_1_run_dir_still_loads(model_type, token_batch, tmp_path):
     """The old layout: full dequantized model/ checkpoint, unpacked int_weight codes."""
     from safetensors.torch import save_file
 
     from compactlm.models.checkpoint import QUANT_STATE, _act_meta, _float_module
     from compactlm.models.specs import set_module
 
-    model = tiny_model("llama")
+    model = tiny_model(model_type)
+    for m in model.modules():  # random models start with zero biases, which a lost bias would not show
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            torch.nn.init.normal_(m.bias)
     compactlm.quantize(model, "rtn", "w4a8", calib=token_batch)
     ref = _logits(model, token_batch)
     qls = quant_linears(model)

@@ -222,16 +222,21 @@ def load_quantized_run(run_dir: str | os.PathLike, auto_class, config, dtype: to
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with init_empty_weights(include_buffers=False):
         model = auto_class.from_config(config, **kwargs)
-    for name, m in meta["modules"].items():
-        set_module(model, name, _quant_linear(name, m, state, version, state_path))
     skip = tuple(f"{n}." for n in meta["modules"])
     wanted = {k for k in model.state_dict() if not k.startswith(skip)}
+    if version < 2:  # format 1 kept the quantized linears' biases in model/, under their HF names
+        wanted |= {f"{n}.bias" for n in meta["modules"]}
     files = sorted((run_dir / "model").glob("*.safetensors"))
     if not files:
         raise CompactLMError(f"--model: {run_dir / 'model'} has no .safetensors weights; the run is incomplete")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(_read_safetensors(f, wanted))
+    for n in meta["modules"]:
+        if f"{n}.bias" in tensors:
+            state[f"{n}.bias"] = tensors.pop(f"{n}.bias")
+    for name, m in meta["modules"].items():
+        set_module(model, name, _quant_linear(name, m, state, version, state_path))
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
     model.tie_weights()
