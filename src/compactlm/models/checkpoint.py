@@ -121,8 +121,7 @@ def save_quantized(
             "input": _act_meta(q.input_quantizer),
             "output": _act_meta(q.output_quantizer),
         }
-        q._materialize_codes()
-        state[f"{name}.weight_packed"] = q.weight_packed
+        state[f"{name}.weight_packed"] = q.packed_codes()
         state[f"{name}.weight_scale"] = q.weight_scale.float()
         state[f"{name}.weight_zero_point"] = q.weight_zero_point
         if q.bias is not None:

@@ -103,6 +103,16 @@ class QuantLinear(nn.Module):
         self._drop_kernel(keep=False)
         self.weight_packed = pack_codes(codes, self.bits, self.symmetric).to(self.weight_scale.device)
 
+    def packed_codes(self) -> torch.Tensor:
+        """The codes in the portable packed layout, without keeping a second copy beside a kernel's."""
+        if self.weight_packed is not None:
+            return self.weight_packed
+        return pack_codes(self._kernel.codes(), self.bits, self.symmetric)
+
+    def kernel_nbytes(self) -> int:
+        """Bytes held by this layer's kernel packing (0 without a kernel)."""
+        return 0 if self._kernel is None else self._kernel.nbytes()
+
     @property
     def qweight(self) -> QuantizedWeight:
         return QuantizedWeight(
@@ -181,7 +191,7 @@ class QuantLinear(nn.Module):
 
     def _materialize_codes(self) -> None:
         if self.weight_packed is None:
-            self.weight_packed = pack_codes(self._kernel.codes(), self.bits, self.symmetric)
+            self.weight_packed = self.packed_codes()
 
     def _drop_kernel(self, keep: bool) -> None:
         if keep:

@@ -39,10 +39,7 @@ def model_bytes(model: nn.Module) -> int:
             continue
         seen.add(key)
         total += t.numel() * t.element_size()
-    for q in quant_linears(model).values():
-        if q._kernel is not None:
-            total += q._kernel.nbytes()
-    return total
+    return total + sum(q.kernel_nbytes() for q in quant_linears(model).values())
 
 
 def path_bytes(path: str | os.PathLike | None) -> int | None:
