@@ -164,7 +164,7 @@ def quality(row: Row, args) -> dict:
             del model
         from compactlm.serve import prepare_for_inference
 
-        model, tok = load_model(str(base), dtype=torch.bfloat16)
+        model, tok = load_model(str(base), dtype=torch.bfloat16, backend="reference")  # packed once, below
         prepare_for_inference(model, torch.bfloat16, torch.device("cpu"), keep_codes=row.variant == "keep-codes",
                               head_int8="head8" in row.variant)
         t0 = time.perf_counter()

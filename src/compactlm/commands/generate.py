@@ -38,7 +38,9 @@ def load_for_inference(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
-    model, tok = load_model(args.model, dtype=dtype, backend=args.backend)
+    # Kernels are packed once, by prepare_for_inference after the cast and move (packing at load
+    # and moving after would read every layer's codes back out of its kernel and pack them again).
+    model, tok = load_model(args.model, dtype=dtype, backend="reference")
     summary = prepare_for_inference(model, dtype, device, args.backend, args.keep_codes, args.dense_from_tokens,
                                     compile=args.compile, head_int8=args.head_int8)
     return model, tok, device, dtype, summary
