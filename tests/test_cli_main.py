@@ -10,19 +10,10 @@ from compactlm.models import load_model
 from compactlm.quant import QuantLinear
 
 
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse / parser.exit
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_quantize_writes_a_complete_run_dir_that_reloads(tmp_path, capsys):
+def test_quantize_writes_a_complete_run_dir_that_reloads(tmp_path, run_cli):
     out = tmp_path / "runs" / "x"
     code, stdout, _ = run_cli(["quantize", "--model", "tiny-llama", "--method", "rtn", "--scheme", "w4a16-g32",
-                               "--clip", "lp", "--out", str(out)], capsys)
+                               "--clip", "lp", "--out", str(out)])
     assert code == 0, stdout
     assert {p.name for p in out.iterdir()} >= {"model", "config.json", "report.json", "quantization.json",
                                                 "quant_state.safetensors"}
@@ -42,13 +33,13 @@ def test_quantize_writes_a_complete_run_dir_that_reloads(tmp_path, capsys):
     assert not list(out.parent.glob(".x.tmp-*"))  # no temporary leftovers
 
 
-def test_existing_out_needs_overwrite(tmp_path, capsys):
+def test_existing_out_needs_overwrite(tmp_path, run_cli):
     out = tmp_path / "x"
     args = ["quantize", "--model", "tiny-gpt2", "--out", str(out)]
-    assert run_cli(args, capsys)[0] == 0
-    code, _, err = run_cli(args, capsys)
+    assert run_cli(args)[0] == 0
+    code, _, err = run_cli(args)
     assert code == 2 and "--overwrite" in err and err.count("\n") == 1
-    assert run_cli(args + ["--overwrite"], capsys)[0] == 0
+    assert run_cli(args + ["--overwrite"])[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -61,16 +52,16 @@ def test_existing_out_needs_overwrite(tmp_path, capsys):
         (["--model", "tiny-llama", "--method", "rtn", "--rank", "4"], "method 'rtn' has no option"),
     ],
 )
-def test_bad_input_is_one_line_error_not_traceback(argv, needle, tmp_path, capsys):
+def test_bad_input_is_one_line_error_not_traceback(argv, needle, tmp_path, run_cli):
     base = ["quantize", "--model", "tiny-llama", "--out", str(tmp_path / "o")]
-    code, _, err = run_cli(base + argv, capsys)
+    code, _, err = run_cli(base + argv)
     assert code == 2
     assert needle in err
     assert "Traceback" not in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o").exists()
 
 
-def test_failed_quantization_leaves_no_output(tmp_path, capsys, monkeypatch):
+def test_failed_quantization_leaves_no_output(tmp_path, monkeypatch):
     import compactlm.ptq.rtn as rtn
 
     def boom(*a, **k):
@@ -82,9 +73,9 @@ def test_failed_quantization_leaves_no_output(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_models_and_methods_list(capsys):
-    assert run_cli(["models"], capsys)[1].count("smollm2-135m") == 1
-    code, out, _ = run_cli(["methods"], capsys)
+def test_models_and_methods_list(run_cli):
+    assert run_cli(["models"])[1].count("smollm2-135m") == 1
+    code, out, _ = run_cli(["methods"])
     assert code == 0 and "rtn" in out and "--clip" in out
 
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from compactlm.cli import main
 from compactlm.errors import CompactLMError
 from compactlm.models import load_model
 from compactlm.qat import QATRecipe, run_qat
@@ -15,19 +14,10 @@ FAST = ["--samples", "8", "--seq-len", "16", "--steps", "3", "--batch-size", "2"
 
 
 
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_writes_a_run_dir_that_reloads_and_matches(tmp_path, capsys):
+def test_cli_writes_a_run_dir_that_reloads_and_matches(tmp_path, run_cli):
     out = tmp_path / "runs" / "q"
     code, stdout, err = run_cli(["qat", "--model", "tiny-llama", "--scheme", "w2a16", "--loss", "tsld", *FAST,
-                                 "--out", str(out)], capsys)
+                                 "--out", str(out)])
     assert code == 0, err
     assert {p.name for p in out.iterdir()} >= {"model", "config.json", "report.json", "quantization.json",
                                                 "quant_state.safetensors"}
@@ -44,19 +34,19 @@ def test_cli_writes_a_run_dir_that_reloads_and_matches(tmp_path, capsys):
     assert not checkpoint_dir_for(out).exists()
     # the PTQ path's export works unchanged on the ternary grid
     code, stdout, err = run_cli(["export", "--model", str(out), "--format", "compressed-tensors",
-                                 "--out", str(tmp_path / "ct"), "--verify"], capsys)
+                                 "--out", str(tmp_path / "ct"), "--verify"])
     assert code == 0, err
     assert '"weight_bits": 2' in stdout and '"max_abs_logit_diff": 0.0' in stdout
-    code, _, err = run_cli(["qat", "--model", "tiny-llama", *FAST, "--out", str(out)], capsys)
+    code, _, err = run_cli(["qat", "--model", "tiny-llama", *FAST, "--out", str(out)])
     assert code == 2 and "--overwrite" in err
 
 
-def test_recipe_yaml_with_flag_override(tmp_path, capsys):
+def test_recipe_yaml_with_flag_override(tmp_path, run_cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: tiny-gpt2\nscheme: w4a16-g16\nloss: {kd: 1.0, gt: 0.5}\nsamples: 8\nseq_len: 16\n"
                       "steps: 5\nbatch_size: 2\nlr: 1.0e-3\n")
     out = tmp_path / "r"
-    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--steps", "2", "--no-progress", "--out", str(out)], capsys)
+    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--steps", "2", "--no-progress", "--out", str(out)])
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert len(report["history"]) == 2 and {"kd", "gt"} <= set(report["history"][0])  # --steps 2 beat steps: 5
@@ -64,7 +54,7 @@ def test_recipe_yaml_with_flag_override(tmp_path, capsys):
     qls = [m for m in load_model(str(out))[0].modules() if isinstance(m, QuantLinear)]
     assert qls and {(q.bits, q.group_size) for q in qls} == {(4, 16)}  # the recipe's scheme was trained and saved
     recipe.write_text("model: tiny-gpt2\nsteps: 2\nfoo: 1\n")
-    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--out", str(tmp_path / "z")], capsys)
+    code, _, err = run_cli(["qat", "--recipe", str(recipe), "--out", str(tmp_path / "z")])
     assert code == 2 and "foo" in err
 
 
@@ -90,15 +80,15 @@ def test_run_qat_resumes_from_checkpoint(tmp_path, monkeypatch):
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
 
 
-def test_errors(tmp_path, capsys):
+def test_errors(tmp_path, run_cli):
     with pytest.raises(CompactLMError, match="--loss"):
         QATRecipe(loss="nope")
-    code, _, err = run_cli(["qat", "--model", "tiny-llama", "--steps", "0", "--out", str(tmp_path / "e")], capsys)
+    code, _, err = run_cli(["qat", "--model", "tiny-llama", "--steps", "0", "--out", str(tmp_path / "e")])
     assert code == 2 and "--steps" in err
     import importlib.util
 
     if importlib.util.find_spec("compactlm.commands.encoder_qat") is None:
-        code, _, err = run_cli(["qat", "--task", "sarcasm", "--out", str(tmp_path / "t")], capsys)
+        code, _, err = run_cli(["qat", "--task", "sarcasm", "--out", str(tmp_path / "t")])
         assert code == 2 and "--task" in err
 
 
