@@ -117,3 +117,36 @@ def test_quant_linear_cache_follows_in_place_grid_changes():
     assert torch.allclose(q(x), 2 * y0, atol=1e-5)
     q.int_weight = q.int_weight.clone().fill_(q.int_weight.max())  # replaced buffer
     assert torch.allclose(q(x), torch.nn.functional.linear(x, q.qweight.dequantize(x.dtype)))
+
+
+def test_signed_max_matches_the_gguf_packages_q4_0_quantizer():
+    """RTN with clip="signed-max" chooses llama.cpp's Q4_0 codes and scales (gguf's numpy reference)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize as gguf_quantize
+
+    from compactlm.quant.qweight import QuantizedWeight
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 256)
+    scale, zp = weight_qparams(w, 4, 32, True, clip="signed-max")
+    qw = QuantizedWeight.from_float(w, scale, zp, 4, 32, True)
+    blocks = gguf_quantize(w.numpy(), GGMLQuantizationType.Q4_0).reshape(16, 8, 18)  # (rows, blocks, 2 + 16)
+    d_ref = blocks[..., :2].copy().view(np.float16)[..., 0]
+    nib = blocks[..., 2:]
+    codes_ref = np.concatenate([nib & 15, nib >> 4], axis=-1).astype(np.int32) - 8  # (rows, blocks, 32)
+    np.testing.assert_array_equal(scale.numpy().astype(np.float16), d_ref)
+    same = (qw.int_weight.reshape(16, 8, 32).numpy() == codes_ref).mean()
+    assert same > 0.999  # only exact half-way ties may round differently (trunc(x + 8.5) vs round-half-even)
+    # the element of largest magnitude of every group sits on the -8 code; min/max never uses it
+    wg = w.reshape(16, 8, 32)
+    idx = wg.abs().argmax(-1, keepdim=True)
+    assert (qw.int_weight.reshape(16, 8, 32).gather(-1, idx) == -8).all()
+    s_mm, z_mm = weight_qparams(w, 4, 32, True)
+    err = lambda s, z: (QuantizedWeight.from_float(w, s, z, 4, 32, True).dequantize() - w).pow(2).mean()  # noqa: E731
+    assert err(scale, zp) < err(s_mm, z_mm)
+
+
+def test_signed_max_refuses_asymmetric_grids():
+    with pytest.raises(CompactLMError, match="signed-max.*symmetric"):
+        weight_qparams(torch.randn(4, 32), 4, 32, False, clip="signed-max")

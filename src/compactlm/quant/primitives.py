@@ -95,6 +95,29 @@ def fake_quant(
     return (q - zero_point) * scale
 
 
+CLIPS = ("minmax", "lp", "signed-max")
+
+
+def signed_max_scale(wg: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
+    """Scale of llama.cpp's Q4_0 rule generalised to ``b`` bits: ``d = x_e / −2^(b−1)``.
+
+    ``x_e`` is the element of largest magnitude in the group (the first one on ties, as in
+    ``quantize_row_q4_0_ref``), with its sign, so it lands exactly on the code ``−2^(b−1)`` and the
+    whole signed grid ``[−2^(b−1), 2^(b−1) − 1]`` is used: the step is ``amax / 2^(b−1)`` instead
+    of min/max's ``amax / (2^(b−1) − 1)`` (at 4 bits 12.5% finer). The scale is negative when
+    ``x_e > 0``; ``W ≈ q · d`` holds either way.
+
+    Args:
+        wg: ``[C_out, n_groups, G]`` grouped weight.
+    Returns:
+        ``d`` ``[C_out, n_groups]`` (magnitude at least ``eps``).
+    """
+    idx = wg.abs().argmax(dim=-1, keepdim=True)  # first maximum, (C_out, n_groups, 1)
+    x_e = wg.gather(-1, idx).squeeze(-1)  # (C_out, n_groups)
+    d = x_e / qrange(bits, True)[0]
+    return torch.where(d.abs() < eps, torch.full_like(d, eps), d)
+
+
 def weight_qparams(
     w: torch.Tensor,
     bits: int,
@@ -111,13 +134,21 @@ def weight_qparams(
         w: ``[C_out, C_in]`` weight.
         clip: ``"minmax"`` uses the full range; ``"lp"`` searches shrink factors
             ``1, 1 - 1/grid, ...`` down to ``1 - max_shrink`` and keeps, per group, the one that
-            minimises ``sum |Q(w) - w|^p``.
+            minimises ``sum |Q(w) - w|^p``; ``"signed-max"`` (symmetric grids only) is
+            llama.cpp's Q4_0 rule, see :func:`signed_max_scale`.
     Returns:
         ``(scale, zero_point)``, each ``[C_out, n_groups]``.
     """
-    if clip not in ("minmax", "lp"):
-        raise CompactLMError(f"clip: expected 'minmax' or 'lp', got {clip!r}")
+    if clip not in CLIPS:
+        raise CompactLMError(f"clip: expected one of {', '.join(CLIPS)}, got {clip!r}")
     wg = to_groups(w.detach().float(), group_size)  # (C_out, n_groups, G)
+    if clip == "signed-max":
+        if not symmetric:
+            raise CompactLMError(
+                "clip: 'signed-max' needs a symmetric weight grid (e.g. --scheme gguf-q4_0 or w4a16-g32-sym)"
+            )
+        d = signed_max_scale(wg, bits)
+        return d, torch.zeros_like(d)
     x_min, x_max = wg.amin(dim=-1), wg.amax(dim=-1)
     scale, zero_point = minmax_qparams(x_min, x_max, bits, symmetric)
     if clip == "minmax":
