@@ -28,7 +28,6 @@ from compactlm.ptq.reconstruct import ReconstructionConfig, WeightQuantizer, rec
 from compactlm.quant.primitives import expand_groups, group_size_for, qrange, round_ste, weight_qparams
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
 from compactlm.quant.scheme import QuantScheme
-from compactlm.registry import register_method
 
 
 class LogScaleRounding(WeightQuantizer):
@@ -108,8 +107,6 @@ class FlexRoundConfig(ReconstructionConfig):
     lr: float = 3e-3
 
 
-@register_method("flexround", FlexRoundConfig, needs_calibration=True,
-                 description="FlexRound: learned element-wise division of the step size, block-wise reconstruction")
 def apply_flexround(model: nn.Module, scheme: QuantScheme, config: FlexRoundConfig, calib: torch.Tensor | None = None) -> dict:
     """Quantize ``model`` in place with FlexRound (see module docstring)."""
     return reconstruct(model, scheme, calib, config,

@@ -29,7 +29,6 @@ from compactlm.models.specs import block_linears, get_blocks, get_spec, linear_w
 from compactlm.ptq.flexround import LogScaleRounding
 from compactlm.ptq.reconstruct import ReconstructionConfig, reconstruct
 from compactlm.quant.scheme import QuantScheme
-from compactlm.registry import register_method
 
 
 class LRQQuantizer(LogScaleRounding):
@@ -103,8 +102,6 @@ def check_ranks(model: nn.Module, config: LRQConfig) -> None:
                 )
 
 
-@register_method("lrq", LRQConfig, needs_calibration=True,
-                 description="LRQ: low-rank learned scaling of the step size, block-wise reconstruction")
 def apply_lrq(model: nn.Module, scheme: QuantScheme, config: LRQConfig, calib: torch.Tensor | None = None) -> dict:
     """Quantize ``model`` in place with LRQ (see module docstring)."""
     config.check()

@@ -19,7 +19,6 @@ from compactlm.ptq.common import calibrate_static_activations, replace_linear
 from compactlm.quant.primitives import weight_qparams
 from compactlm.quant.qweight import QuantizedWeight
 from compactlm.quant.scheme import QuantScheme
-from compactlm.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,6 @@ def quantize_weight_rtn(w: torch.Tensor, scheme: QuantScheme, config: RTNConfig 
     return QuantizedWeight.from_float(w, scale, zero_point, scheme.w_bits, scheme.w_group_size, scheme.w_symmetric)
 
 
-@register_method("rtn", RTNConfig, needs_calibration=False, description="round to nearest (min/max or Lp clip search)")
 @torch.no_grad()
 def apply_rtn(model: nn.Module, scheme: QuantScheme, config: RTNConfig, calib: torch.Tensor | None = None) -> dict:
     """Quantize every block linear of ``model`` in place. ``calib`` is needed only for static activations."""

@@ -17,7 +17,7 @@ RMSNorm divides its weight; Gemma's ``rmsnorm_plus1`` scales by ``1 + w``, so
 
 Choices where the paper is silent: ``max|W|`` is taken over the rows of all linears sharing the
 input (as the authors' ``smooth_ln_fcs`` does for q/k/v); ``s`` is clamped to ``>= 1e-5``; pairs
-whose input channel never fired (``max|X| = 0``) keep ``s = 1``. The registered method
+whose input channel never fired (``max|X| = 0``) keep ``s = 1``. The method
 ``smoothquant`` is smoothing followed by RTN (:mod:`compactlm.ptq.rtn`), with static activation
 ranges calibrated *after* smoothing.
 """
@@ -36,7 +36,6 @@ from compactlm.models.specs import ArchSpec, get_blocks, get_module, get_spec, l
 from compactlm.ptq.rtn import RTNConfig, apply_rtn
 from compactlm.quant.linear import QuantLinear
 from compactlm.quant.scheme import QuantScheme
-from compactlm.registry import register_method
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +193,6 @@ def smooth_model(model: nn.Module, calib: torch.Tensor, alpha: float = 0.5, batc
     return {"alpha": alpha, "smoothed_pairs": n, "smooth_scale_min": s_min, "smooth_scale_max": s_max}
 
 
-@register_method(
-    "smoothquant", SmoothQuantConfig, needs_calibration=True,
-    description="SmoothQuant migration (s = max|X|^a / max|W|^(1-a)) folded into norms, then RTN",
-)
 @torch.no_grad()
 def apply_smoothquant(model: nn.Module, scheme: QuantScheme, config: SmoothQuantConfig, calib: torch.Tensor) -> dict:
     """Smooth, then round to nearest (static activation ranges are calibrated after smoothing)."""
