@@ -1,7 +1,9 @@
 """``compactlm`` command line.
 
 Each area owns its subcommands in a module exposing ``add_parser(subparsers)``; this file only
-lists those modules. Errors a user can cause (:class:`~compactlm.errors.CompactLMError`) print as
+lists those modules. Shared flags come from :mod:`compactlm.commands.args` (the spine); every
+subcommand's parser is a :class:`~compactlm.commands.args.SpineParser`, which records the flags a
+user typed so a command can refuse those its chosen path would ignore. Errors a user can cause (:class:`~compactlm.errors.CompactLMError`) print as
 one line and exit with status 2.
 """
 
@@ -13,6 +15,8 @@ import logging
 import sys
 
 from compactlm.errors import CompactLMError
+
+log = logging.getLogger("compactlm")
 
 # Modules that contribute subcommands, in the order `compactlm --help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -31,12 +35,14 @@ COMMANDS: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from compactlm.commands.args import SpineParser
+
+    parser = SpineParser(
         prog="compactlm",
         description="Make transformer LMs small and fast: PTQ, QAT with distillation, NN-LUT.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=SpineParser)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
     return parser
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from compactlm.commands.args import deprecated_used
+
+    for old, new in deprecated_used(args):
+        log.warning("%s is deprecated; use %s (same meaning)", old, new)
     try:
         return int(args.func(args) or 0)
     except CompactLMError as e:

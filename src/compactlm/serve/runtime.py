@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compactlm.devices import choose_device  # noqa: F401  (re-exported: compactlm.serve.choose_device)
 from compactlm.errors import CompactLMError
 from compactlm.quant.linear import QuantLinear, path_summary, set_backend
 from compactlm.quant.primitives import weight_qparams
@@ -12,19 +13,6 @@ from compactlm.quant.qweight import QuantizedWeight
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-
-
-def choose_device(device: str | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when present, else CPU; otherwise the named device, checked."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise CompactLMError(f"--device: {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompactLMError(f"--device: {device!r} asked for, but this machine has no CUDA device")
-    return dev
 
 
 def choose_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
