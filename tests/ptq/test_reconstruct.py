@@ -8,7 +8,8 @@ from compactlm.errors import CompactLMError
 from compactlm.models.capture import BlockRunner, block_output, capture_first_block_input
 from compactlm.models.specs import get_blocks
 from compactlm.models.tiny import TINY_TYPES, tiny_model
-from compactlm.ptq import reconstruct as R
+from compactlm.ptq import engine as R
+from compactlm.ptq import store as S
 from compactlm.quant.linear import QuantLinear
 
 
@@ -132,14 +133,14 @@ def test_callers_requires_grad_flags_are_restored_after_a_failure(calib, monkeyp
 @pytest.mark.parametrize("spill_mb", [2048.0, 0.0])
 def test_no_resume_state_is_written_without_a_work_dir(calib, monkeypatch, spill_mb):
     seen = []
-    real_cleanup = R.WorkDir.cleanup
+    real_cleanup = S.WorkDir.cleanup
 
     def snapshot_then_cleanup(self):
         seen.append(sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()))
         real_cleanup(self)
         seen.append(self.path.exists())
 
-    monkeypatch.setattr(R.WorkDir, "cleanup", snapshot_then_cleanup)
+    monkeypatch.setattr(S.WorkDir, "cleanup", snapshot_then_cleanup)
     report = quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, iters=1, spill_mb=spill_mb)
     files, still_there = seen
     assert files == [] and not still_there and report["work_dir"] is None  # spills are gone, nothing else was written
@@ -149,13 +150,13 @@ def test_resume_state_streams_activations_instead_of_passing_them_to_safetensors
     """Block inputs go to .npy written from the (memory-mapped) buffer; safetensors gets grids only
     (its save_file builds the whole file in memory, which would pull a spill back into RAM)."""
     saved_keys = []
-    real_save = R.save_file
+    real_save = S.save_file
 
     def spy(tensors, path, *args, **kwargs):
         saved_keys.extend(tensors)
         return real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(R, "save_file", spy)
+    monkeypatch.setattr(S, "save_file", spy)
     work = tmp_path / "w"
     quantize(tiny_model("llama"), "lrq", "w4a16", calib=calib, iters=1, work_dir=str(work), spill_mb=0.0)
     assert saved_keys and not {"x_fp", "x_q"} & set(saved_keys)

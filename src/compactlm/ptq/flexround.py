@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compactlm.ptq.reconstruct import ReconstructionConfig, WeightQuantizer, reconstruct
+from compactlm.ptq.engine import ReconstructionConfig, WeightQuantizer, reconstruct
 from compactlm.quant.primitives import expand_groups, group_size_for, qrange, round_ste, weight_qparams
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
 from compactlm.quant.scheme import QuantScheme

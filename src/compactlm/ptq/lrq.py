@@ -27,7 +27,7 @@ from torch import nn
 from compactlm.errors import CompactLMError
 from compactlm.models.specs import block_linears, get_blocks, get_spec, linear_weight
 from compactlm.ptq.flexround import LogScaleRounding
-from compactlm.ptq.reconstruct import ReconstructionConfig, reconstruct
+from compactlm.ptq.engine import ReconstructionConfig, reconstruct
 from compactlm.quant.scheme import QuantScheme
 
 

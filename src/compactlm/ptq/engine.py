@@ -19,44 +19,34 @@ reconstructed weight-only and activations are quantized at evaluation (``recon_a
 quantizes them during reconstruction too, together with 8-bit k/v outputs when the scheme has
 ``-kv8``).
 
-Memory: only the current block's activations (FP input, quantized-path input, FP target, each
-``(N, T, C)``) are held; above ``spill_mb`` they live in memory-mapped files of the work
-directory. Resume (only with a ``work_dir``): after each block its baked
-:class:`~compactlm.quant.QuantizedWeight` grids and activation ranges, and the next block's two
-inputs (as ``.npy``, streamed from RAM or from the memory-mapped spill without another in-memory
-copy), are written atomically to ``work_dir``; a restarted run with the same configuration replays
-the finished blocks from there and continues with identical results (every random draw is seeded
-per block). Without a ``work_dir`` nothing but the spill files is written. The ``requires_grad``
-flags of the caller's parameters are restored at the end.
+Memory and resume: only the current block's activations (FP input, quantized-path input, FP
+target, each ``(N, T, C)``) are held, in RAM or memory-mapped above ``spill_mb``; with a
+``work_dir`` every finished block is recorded so that a killed run resumes with identical results
+(every random draw is seeded per block). Both live in :mod:`compactlm.ptq.store`. Without a
+``work_dir`` nothing but the spill files is written. The ``requires_grad`` flags of the caller's
+parameters are restored at the end.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from compactlm.errors import CompactLMError
-from compactlm.io import write_json
 from compactlm.models.capture import BlockRunner, capture_first_block_input
 from compactlm.models.specs import ArchSpec, block_linears, get_blocks, get_spec, linear_bias, linear_weight, set_module
 from compactlm.ptq.common import replace_linear
+from compactlm.ptq.store import ActivationStore, WorkDir, run_fingerprint
 from compactlm.quant.activation import ActQuantizer, act_quantizer_for
 from compactlm.quant.qweight import QuantizedWeight
 from compactlm.quant.scheme import QuantScheme
@@ -74,7 +64,8 @@ class ReconstructionConfig:
         batch_size: Calibration sequences per step.
         clip: Initial step size ``s1``: ``"minmax"`` or ``"lp"`` (Lp clip search, as RTN).
         seed: Seed of batch sampling and random initialisation.
-        work_dir: Directory for resumable state (created; reused when the config matches).
+        work_dir: Directory for resumable state (created; reused when the config matches; left
+            in place at the end, see :func:`compactlm.ptq.store.remove_work_dir`).
             ``None``: a temporary directory, removed at the end (no resume).
         spill_mb: Keep cached activations in RAM up to this size, memory-map them to files above.
         recon_act_quant: Quantize input activations during reconstruction: ``None`` = automatic
@@ -172,166 +163,6 @@ class ReconLinear(nn.Module):
         return y
 
 
-class ActivationStore:
-    """``(N, T, C)`` float32 activations, in RAM or memory-mapped from a file.
-
-    Args:
-        shape: ``(N, T, C)``.
-        path: File to memory-map, or ``None`` for RAM.
-    """
-
-    def __init__(self, shape: tuple[int, ...], path: Path | None = None):
-        self.shape = tuple(shape)
-        self.path = path
-        if path is None:
-            self.data = torch.empty(self.shape, dtype=torch.float32)
-        else:
-            arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=self.shape)
-            self.data = torch.from_numpy(arr)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def put(self, start: int, x: torch.Tensor) -> None:
-        self.data[start : start + len(x)] = x.detach().to("cpu", torch.float32)
-
-    def get(self, index, device: torch.device) -> torch.Tensor:
-        return self.data[index].to(device)
-
-    def close(self) -> None:
-        self.data = None  # type: ignore[assignment]
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
-
-
-class WorkDir:
-    """State of one reconstruction run: spill files, and (unless temporary) resume state.
-
-    Layout: ``fingerprint.json`` (what run this is), ``progress.json`` (``{"done": k}``),
-    ``block_<i>.safetensors`` (baked grids + activation ranges of block ``i``),
-    ``inputs_<k>.x_fp.npy`` / ``inputs_<k>.x_q.npy`` (FP and quantized-path inputs of block ``k``),
-    ``spill/``. A temporary work directory (no ``--work-dir``: no resume) holds ``spill/`` only.
-    """
-
-    def __init__(self, path: Path, fingerprint: dict, temporary: bool):
-        self.path = path
-        self.temporary = temporary
-        path.mkdir(parents=True, exist_ok=True)
-        if temporary:
-            return
-        fp_file = path / "fingerprint.json"
-        if fp_file.exists():
-            old = json.loads(fp_file.read_text())
-            if old != fingerprint:
-                raise CompactLMError(
-                    f"--work-dir {path} holds state of a different run (model, scheme, options or "
-                    "calibration data differ); remove it or choose another --work-dir"
-                )
-        else:
-            write_json(fp_file, fingerprint)
-
-    @property
-    def resumable(self) -> bool:
-        return not self.temporary
-
-    @property
-    def done(self) -> int:
-        f = self.path / "progress.json"
-        return json.loads(f.read_text())["done"] if self.resumable and f.exists() else 0
-
-    def spill_path(self, name: str) -> Path:
-        (self.path / "spill").mkdir(exist_ok=True)
-        return self.path / "spill" / f"{name}.npy"
-
-    def _inputs_path(self, index: int, name: str) -> Path:
-        return self.path / f"inputs_{index}.{name}.npy"
-
-    def save_block(self, index: int, tensors: dict[str, torch.Tensor], x_fp: ActivationStore,
-                   x_q: ActivationStore, report: dict) -> None:
-        """Record block ``index`` as finished, with the inputs of block ``index + 1`` (no-op when temporary)."""
-        if not self.resumable:
-            return
-        _atomic_save(tensors, self.path / f"block_{index}.safetensors")
-        for name, store in (("x_fp", x_fp), ("x_q", x_q)):
-            _atomic_save_npy(store.data, self._inputs_path(index + 1, name))
-        write_json(self.path / f"report_{index}.json", report)
-        write_json(self.path / "progress.json", {"done": index + 1})
-        for name in ("x_fp", "x_q"):
-            self._inputs_path(index, name).unlink(missing_ok=True)
-        (self.path / f"inputs_{index}.safetensors").unlink(missing_ok=True)
-
-    def load_block(self, index: int) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = load_file(self.path / f"block_{index}.safetensors")
-        report = json.loads((self.path / f"report_{index}.json").read_text())
-        return tensors, report
-
-    def load_inputs_into(self, index: int, x_fp: ActivationStore, x_q: ActivationStore, chunk: int = 64) -> None:
-        """Copy the saved inputs of block ``index`` into the stores, ``chunk`` rows at a time (memory-mapped reads)."""
-        legacy = self.path / f"inputs_{index}.safetensors"  # work dirs written before the .npy layout
-        if legacy.exists() and not self._inputs_path(index, "x_fp").exists():
-            from safetensors import safe_open
-
-            with safe_open(str(legacy), framework="pt") as f:
-                for name, store in (("x_fp", x_fp), ("x_q", x_q)):
-                    store.data[:] = f.get_tensor(name)
-            return
-        for name, store in (("x_fp", x_fp), ("x_q", x_q)):
-            path = self._inputs_path(index, name)
-            if not path.exists():
-                raise CompactLMError(f"--work-dir {self.path}: {path.name} is missing; remove the work dir to start over")
-            saved = np.load(path, mmap_mode="r")
-            if tuple(saved.shape) != store.shape:
-                raise CompactLMError(
-                    f"--work-dir {self.path}: {path.name} has shape {tuple(saved.shape)}, expected {store.shape}"
-                )
-            for start in range(0, len(store), chunk):
-                store.put(start, torch.from_numpy(np.array(saved[start : start + chunk])))  # one chunk in RAM
-            del saved
-
-    def cleanup(self) -> None:
-        if self.temporary:
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            shutil.rmtree(self.path / "spill", ignore_errors=True)
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(data: torch.Tensor, path: Path) -> None:
-    """Write a contiguous float32 CPU tensor as ``.npy`` straight from its buffer.
-
-    ``np.save`` writes the array's memory with ``tofile``: a memory-mapped spill streams through the
-    page cache instead of being copied into RAM (as ``safetensors.save_file`` would: it builds the
-    whole file as one bytes object).
-    """
-    if not data.is_contiguous():
-        raise ValueError("activation store must be contiguous")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, data.numpy(), allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _fingerprint(model: nn.Module, scheme: QuantScheme, method: str, config, calib: torch.Tensor) -> dict:
-    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("work_dir", "spill_mb")}
-    first = linear_weight(next(iter(block_linears(get_blocks(model)[0], get_spec(model)).values())))
-    return {
-        "method": method,
-        "scheme": scheme.to_dict(),
-        "options": options,
-        "model": str(getattr(model.config, "_name_or_path", "")),
-        "model_type": model.config.model_type,
-        "blocks": len(get_blocks(model)),
-        "weight_checksum": float(first.detach().double().abs().sum()),
-        "calib_shape": list(calib.shape),
-        "calib_sha1": hashlib.sha1(calib.cpu().numpy().tobytes()).hexdigest(),
-    }
-
-
 def _acts_in_recon(scheme: QuantScheme, config: ReconstructionConfig) -> bool:
     if scheme.a_bits is None:
         return False
@@ -397,7 +228,7 @@ def reconstruct(
 
     temporary = config.work_dir is None
     work = WorkDir(Path(tempfile.mkdtemp(prefix=f"compactlm-{method}-")) if temporary else Path(config.work_dir),
-                   _fingerprint(model, scheme, method, config, calib), temporary)
+                   run_fingerprint(model, scheme, method, config, calib), temporary)
     act_in_recon = _acts_in_recon(scheme, config)
     flags = _freeze_parameters(model)
     stores: dict[str, ActivationStore] = {}
