@@ -15,7 +15,7 @@ from compactlm.export import (
     load_compressed_tensors,
     transformers_reload_error,
 )
-from compactlm.export.compressed_tensors import has_asymmetric_packed_weights
+from compactlm.export.compressed_tensors.verify import has_asymmetric_packed_weights
 from compactlm.models import load_model, save_quantized
 from compactlm.models.checkpoint import quant_linears
 from compactlm.models.tiny import tiny_model
