@@ -28,7 +28,7 @@ from compactlm.encoder.quantizers import (
 from compactlm.encoder.sdq import SDQConfig, quant_noise_share, sdq_terms
 from compactlm.errors import CompactLMError
 from compactlm.models.tiny import tiny_model
-from compactlm.qat.quantizers import twn_ternarize
+from compactlm.quant.weight_quantizers import twn_ternarize
 from compactlm.quant import QuantLinear
 
 

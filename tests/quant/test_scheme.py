@@ -69,3 +69,28 @@ def test_valid_combinations_still_parse():
     assert parse_scheme("w8a8-token").a_static is False
     assert parse_scheme("w4a12").a_bits == 12
     assert parse_scheme("w4a16-kv8").kv_bits == 8
+
+
+@pytest.mark.parametrize("spec,fields", [
+    ("w2a8-tensor-actsym", dict(w_bits=2, a_bits=8, a_granularity="tensor", a_static=False, a_symmetric=True)),
+    ("w4a8-sym-tensor-actsym", dict(w_bits=4, w_symmetric=True, a_granularity="tensor", a_symmetric=True)),
+    ("w8a8-dynamic-actsym", dict(w_bits=8, w_symmetric=True, a_granularity="tensor", a_static=False, a_symmetric=True)),
+    ("w4a8-actsym-kv8", dict(a_granularity="token", a_symmetric=True, kv_bits=8)),
+])
+def test_actsym_modifier_sets_a_symmetric_grid_and_round_trips(spec, fields):
+    s = QuantScheme.parse(spec)
+    for k, v in fields.items():
+        assert getattr(s, k) == v, k
+    assert s.name == spec and QuantScheme.parse(s.name) == s
+    assert QuantScheme.from_dict(s.to_dict()) == s
+    assert not QuantScheme.parse(spec.replace("-actsym", "")).a_symmetric
+    from compactlm.quant import act_quantizer_for
+
+    assert act_quantizer_for(s).symmetric
+
+
+def test_actsym_refused_on_a16_and_twice():
+    with pytest.raises(CompactLMError, match="a16"):
+        QuantScheme.parse("w4a16-actsym")
+    with pytest.raises(CompactLMError, match="twice"):
+        QuantScheme.parse("w4a8-actsym-actsym")

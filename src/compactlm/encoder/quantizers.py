@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactlm.errors import CompactLMError
-from compactlm.qat.quantizers import twn_ternarize
+from compactlm.quant.weight_quantizers import twn_ternarize
 from compactlm.quant.activation import ActQuantizer
 from compactlm.quant.linear import QuantLinear
 from compactlm.quant.primitives import quantize, weight_qparams

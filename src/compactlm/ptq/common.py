@@ -7,26 +7,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compactlm.models.specs import ArchSpec, get_module, linear_bias, set_module
-from compactlm.quant.activation import ActQuantizer, act_quantizer_for
-from compactlm.quant.linear import QuantLinear
+from compactlm.models.specs import ArchSpec, get_module, set_module
+from compactlm.quant.activation import ActQuantizer
+from compactlm.quant.linear import QuantLinear, make_quant_linear  # noqa: F401  (re-exported: ptq.common.make_quant_linear)
 from compactlm.quant.qweight import QuantizedWeight
 from compactlm.quant.scheme import QuantScheme
-
-
-def make_quant_linear(
-    original: nn.Module, qweight: QuantizedWeight, scheme: QuantScheme, is_kv: bool = False
-) -> QuantLinear:
-    """A ``QuantLinear`` carrying ``original``'s bias and the scheme's activation quantizers."""
-    out_q = None
-    if is_kv and scheme.kv_bits is not None:
-        out_q = ActQuantizer(scheme.kv_bits, "token", static=False, symmetric=False)
-    bias = linear_bias(original)
-    module = QuantLinear(qweight, bias, act_quantizer_for(scheme), out_q)
-    weight = getattr(original, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        module.to(weight.device)
-    return module
 
 
 def replace_linear(

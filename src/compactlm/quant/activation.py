@@ -134,3 +134,11 @@ def act_quantizer_for(scheme) -> ActQuantizer | None:
     if scheme.a_bits is None:
         return None
     return ActQuantizer(scheme.a_bits, scheme.a_granularity, scheme.a_static, scheme.a_symmetric)
+
+
+def kv_quantizer_for(scheme) -> ActQuantizer | None:
+    """The output quantizer of a k/v projection under ``scheme`` (``-kv<bits>``): asymmetric,
+    dynamic, one range per token; ``None`` when the scheme keeps k/v in full precision."""
+    if scheme.kv_bits is None:
+        return None
+    return ActQuantizer(scheme.kv_bits, "token", static=False, symmetric=False)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactlm.errors import CompactLMError
-from compactlm.quant.activation import ActQuantizer
+from compactlm.quant.activation import ActQuantizer, act_quantizer_for, kv_quantizer_for
 from compactlm.quant.kernels import Kernel, LayerGrid, select_kernel
 from compactlm.quant.packing import pack_codes, unpack_codes, zero_point_storage
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
@@ -235,6 +235,24 @@ class QuantLinear(nn.Module):
                 return F.linear(x, w, bias)
         y = k.matmul(x2).reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
+
+
+def make_quant_linear(original: nn.Module, qweight: QuantizedWeight, scheme, is_kv: bool = False) -> QuantLinear:
+    """A ``QuantLinear`` carrying ``original``'s bias and the scheme's activation quantizers.
+
+    Args:
+        original: The layer replaced (``nn.Linear``, HF ``Conv1D``, a fake-quant linear): its bias
+            and device are kept.
+        qweight: The weight grid ``[C_out, C_in]``.
+        scheme: A :class:`~compactlm.quant.scheme.QuantScheme` (input quantizer; k/v output bits).
+        is_kv: ``original`` is a k or v projection (gets the ``-kv<bits>`` output quantizer).
+    """
+    out_q = kv_quantizer_for(scheme) if is_kv else None
+    module = QuantLinear(qweight, getattr(original, "bias", None), act_quantizer_for(scheme), out_q)
+    weight = getattr(original, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        module.to(weight.device)
+    return module
 
 
 def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:

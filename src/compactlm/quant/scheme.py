@@ -24,7 +24,17 @@ symmetric weight grid; everywhere else weights are asymmetric as in the paper.
 
 String grammar: ``w<bits>a<bits>`` followed by any of ``-g<N>`` (groups of N input columns),
 ``-sym`` / ``-asym`` (weight grid), ``-kv8`` (8-bit k/v projection outputs), ``-tensor`` /
-``-token`` (activation granularity) and ``-static`` / ``-dynamic``.
+``-token`` (activation granularity), ``-static`` / ``-dynamic`` and ``-actsym`` (a symmetric,
+signed activation grid ``s = max|x| / (2^(b−1) − 1)``, zero point 0; activations are asymmetric
+otherwise). Each setting is given at most once; the canonical :attr:`QuantScheme.name` lists the
+modifiers that differ from the head's defaults, in the order above, and parses back to the same
+scheme.
+
+Examples: ``w2a8-tensor-actsym`` is the encoder QAT setting of Kim et al. (EMNLP 2022) and
+TernaryBERT (ternary weights, 8-bit symmetric dynamic per-tensor activations);
+``w8a8-dynamic-actsym`` that of SDQ. Which *weight quantizer* (TWN, PACT+, LSQ, min/max), pre-clip
+and embedding quantization a training run uses is not part of the scheme: it is the
+:class:`compactlm.quant.fake.QATConfig` beside it.
 """
 
 from __future__ import annotations
@@ -98,6 +108,8 @@ class QuantScheme:
                 parts.append(self.a_granularity)
             if self.a_static != base.a_static:
                 parts.append("static" if self.a_static else "dynamic")
+            if self.a_symmetric:
+                parts.append("actsym")
         if self.kv_bits is not None:
             parts.append(f"kv{self.kv_bits}")
         return "-".join(parts)
@@ -139,8 +151,8 @@ PRESETS: dict[str, QuantScheme] = {
 FORMAT_PRESETS = ("gguf-q4_0", "gguf-q4_1", "gguf-q8_0")  # whole-string names, no modifiers
 
 _HEAD = re.compile(r"^w(\d+)a(\d+)$")
-_MODIFIERS = "-g<N>, -sym, -asym, -kv<bits>, -tensor, -token, -static, -dynamic"
-_ACT_MODIFIERS = ("tensor", "token", "static", "dynamic")
+_MODIFIERS = "-g<N>, -sym, -asym, -kv<bits>, -tensor, -token, -static, -dynamic, -actsym"
+_ACT_MODIFIERS = ("tensor", "token", "static", "dynamic", "actsym")
 
 
 def _modifier_kind(tok: str) -> str | None:
@@ -155,6 +167,8 @@ def _modifier_kind(tok: str) -> str | None:
         return "activation granularity (-tensor/-token)"
     if tok in ("static", "dynamic"):
         return "activation ranges (-static/-dynamic)"
+    if tok == "actsym":
+        return "activation grid (-actsym)"
     return None
 
 
@@ -227,6 +241,8 @@ def parse_scheme(spec: str) -> QuantScheme:
                 fields["a_static"] = False
         elif tok in ("static", "dynamic"):
             fields["a_static"] = tok == "static"
+        elif tok == "actsym":
+            fields["a_symmetric"] = True
     try:
         return QuantScheme(**fields)
     except CompactLMError as e:

@@ -1,8 +1,17 @@
-"""Weight fake-quantizers for quantization-aware training, each ending on a ``QuantizedWeight``.
+"""Weight fake-quantizers for training (QAT, encoder QAT, SDQ), each ending on a ``QuantizedWeight``.
 
-Every quantizer maps a latent full-precision weight ``W`` ``[C_out, C_in]`` to ``Ŵ`` in the forward
-pass with a straight-through estimator (STE, ``∂Ŵ/∂W = 1`` inside the clipping range), and bakes
-``W`` onto the integer grid with :meth:`to_qweight` so that ``QuantLinear`` reproduces ``Ŵ`` exactly.
+The interface every quantizer implements (:class:`WeightQuantizer`; a learned-rounding method such as
+FlexRound / LRQ implements the same three methods and plugs into
+:class:`compactlm.quant.fake.FakeQuantLinear`):
+
+* ``forward(w) -> Ŵ``: the fake-quantized weight, same shape as the latent ``w`` ``[C_out, C_in]``,
+  differentiable (straight-through estimator, STE: ``∂Ŵ/∂W = 1`` inside the clipping range; learned
+  parameters of the quantizer get their own gradients);
+* ``to_qweight(w) -> QuantizedWeight``: ``w`` baked onto the integer grid, with
+  ``to_qweight(w).dequantize() == forward(w)`` (so the deployed ``QuantLinear`` computes what
+  training saw);
+* ``latent(w)``: the tensor the STE passes the gradient to (``w`` after the optional pre-clip); the
+  Quant-Noise mix of :mod:`compactlm.quant.fake` keeps it where a block is not quantized.
 
 * **TWN** ternary (Li et al., "Ternary Weight Networks", 2016; TSLD and TernaryBERT use it), per
   output channel (= per row), or per tensor, with an optional symmetric pre-clip ``W_c = clamp(W, ±c)``::
@@ -21,6 +30,9 @@ pass with a straight-through estimator (STE, ``∂Ŵ/∂W = 1`` inside the clipp
 * **min/max** asymmetric (or symmetric) ``b``-bit uniform per output channel or per group of ``G``
   input columns, range recomputed from ``W`` each step (:class:`MinMaxQuantizer`, the 4-bit baseline
   of METHODS.md §2.1), built on :func:`compactlm.quant.weight_qparams` / :func:`~compactlm.quant.fake_quant`.
+  With a symmetric grid and a pre-clip it is the encoders' uniform quantizer (Kim et al., EMNLP 2022,
+  after TernaryBERT): ``W_c = clamp(W, ±c)``, ``s = max|W_c| / (2^(b−1) − 1)`` per row,
+  ``Ŵ = s · round(W_c / s)``.
 """
 
 from __future__ import annotations
@@ -95,15 +107,28 @@ def _qweight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor 
 
 
 class WeightQuantizer(nn.Module):
-    """Base class: ``forward(w) -> Ŵ`` (same shape, STE gradient) and ``to_qweight(w)``."""
+    """Base class of every training-time weight quantizer (module docstring: the interface).
+
+    Attributes:
+        bits: Bits of the integer grid :meth:`to_qweight` ends on.
+    """
 
     bits: int
 
-    def to_qweight(self, w: torch.Tensor) -> QuantizedWeight:  # pragma: no cover - abstract
+    def forward(self, w: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """``Ŵ`` ``[C_out, C_in]`` with a gradient to ``w`` (and to the quantizer's own parameters)."""
         raise NotImplementedError
 
+    def to_qweight(self, w: torch.Tensor) -> QuantizedWeight:  # pragma: no cover - abstract
+        """``w`` ``[C_out, C_in]`` on the integer grid; ``dequantize()`` equals ``forward(w)``."""
+        raise NotImplementedError
+
+    def latent(self, w: torch.Tensor) -> torch.Tensor:
+        """The latent weight the STE passes the gradient to (``w`` itself unless pre-clipped)."""
+        return w
+
     def describe(self) -> str:
-        return type(self).__name__
+        return self.extra_repr() or type(self).__name__
 
 
 class TWNQuantizer(WeightQuantizer):
@@ -117,6 +142,9 @@ class TWNQuantizer(WeightQuantizer):
 
     def extra_repr(self) -> str:
         return f"ternary per {self.per}" + (f", clip ±{self.clip}" if self.clip is not None else "")
+
+    def latent(self, w: torch.Tensor) -> torch.Tensor:
+        return _pre_clip(w, self.clip)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         codes, alpha = twn_ternarize(w, self.per, self.clip)
@@ -201,25 +229,34 @@ class LSQQuantizer(_LearnedStep):
 
 
 class MinMaxQuantizer(WeightQuantizer):
-    """``b``-bit uniform min/max per output channel or group (asymmetric by default); STE on ``W``."""
+    """``b``-bit uniform min/max per output channel or group (asymmetric by default), optional
+    symmetric pre-clip ``W_c = clamp(W, ±clip)``; STE on ``W_c``."""
 
-    def __init__(self, bits: int = 4, group_size: int | None = None, symmetric: bool = False):
+    def __init__(self, bits: int = 4, group_size: int | None = None, symmetric: bool = False,
+                 clip: float | None = None):
         super().__init__()
         self.bits = bits
         self.group_size = group_size
         self.symmetric = symmetric
+        self.clip = clip
 
     def extra_repr(self) -> str:
         g = "channel" if self.group_size is None else f"g{self.group_size}"
-        return f"{self.bits}-bit {'sym' if self.symmetric else 'asym'} min/max per {g}"
+        clip = f", clip ±{self.clip}" if self.clip is not None else ""
+        return f"{self.bits}-bit {'sym' if self.symmetric else 'asym'} min/max per {g}{clip}"
+
+    def latent(self, w: torch.Tensor) -> torch.Tensor:
+        return _pre_clip(w, self.clip)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w = self.latent(w)
         scale, zp = weight_qparams(w, self.bits, self.group_size, self.symmetric)  # (C_out, n_groups), detached
         g = to_groups(w, self.group_size).shape[-1]
         return fake_quant(w, expand_groups(scale, g).to(w.dtype), expand_groups(zp, g).to(w.dtype), self.bits,
                           self.symmetric)
 
     def to_qweight(self, w: torch.Tensor) -> QuantizedWeight:
+        w = self.latent(w.detach())
         scale, zp = weight_qparams(w, self.bits, self.group_size, self.symmetric)
         return QuantizedWeight.from_float(w, scale, zp, self.bits, self.group_size, self.symmetric)
 
@@ -239,8 +276,15 @@ def make_weight_quantizer(
         group_size: Input columns per group (``None``: per output channel); min/max, PACT+ and LSQ.
         symmetric: Grid of ``"minmax"`` (PACT+/LSQ are always symmetric, TWN is ternary).
         per: TWN granularity (``"channel"``/``"row"`` or ``"tensor"``).
-        clip: TWN pre-clip.
+        clip: Symmetric pre-clip of TWN and min/max (PACT+ and LSQ learn their own clip).
+
+    Raises:
+        CompactLMError: a quantizer that does not fit the bits / group size, or a pre-clip on PACT+/LSQ.
     """
+    if clip is not None and kind in ("pact", "lsq"):
+        raise CompactLMError(f"--clip: {kind} learns its own clipping range; drop --clip or use twn/minmax")
+    if clip is not None and not clip > 0:
+        raise CompactLMError(f"--clip: expected a positive pre-clip, got {clip}")
     if kind == "twn":
         if bits != 2:
             raise CompactLMError(f"--quantizer: twn is ternary (2-bit schemes only), the scheme has {bits} bits")
@@ -252,5 +296,5 @@ def make_weight_quantizer(
     if kind == "lsq":
         return LSQQuantizer(w, bits, group_size)
     if kind == "minmax":
-        return MinMaxQuantizer(bits, group_size, symmetric)
+        return MinMaxQuantizer(bits, group_size, symmetric, clip)
     raise CompactLMError(f"--quantizer: expected one of {', '.join(QUANTIZERS)}, got {kind!r}")
