@@ -12,9 +12,8 @@ No model code is forked; everything is found through :class:`compactlm.models.Ar
   swap the replacement is checked against the original module on a probe input with an exact
   ``1/√``, so a wrong ``norm_type`` fails loudly instead of silently.
 * **Softmax** of attention: a custom attention function registered with transformers'
-  ``AttentionInterface`` (eager semantics: scores, additive mask, softmax, dropout, weighted sum;
-  GQA and Gemma's soft-capping handled) computes the softmax as ``T_exp(x - max)·T_recip(Σ)``;
-  the model's ``attn_implementation`` is switched to it.
+  ``AttentionInterface`` computes the softmax as ``T_exp(x - max)·T_recip(Σ)``, and the model's
+  ``attn_implementation`` is switched to it (:mod:`compactlm.lut.attention`).
 
 :meth:`LUTHandle.remove` puts back the original modules and attention implementation: the model
 is then exactly the original (bit-identical outputs). :func:`calibrate_luts` re-fits the networks
@@ -32,14 +31,8 @@ import torch
 from torch import nn
 
 from compactlm.errors import CompactLMError
-from compactlm.lut.functions import (
-    TARGETS,
-    check_ops,
-    lut_activation,
-    lut_rsqrt,
-    lut_softmax,
-    needed_functions,
-)
+from compactlm.lut.attention import install_lut_attention, restore_attention
+from compactlm.lut.functions import TARGETS, check_ops, lut_activation, lut_rsqrt, needed_functions
 from compactlm.lut.table import LUT
 
 log = logging.getLogger(__name__)
@@ -181,42 +174,6 @@ class ExactRsqrt:
         return torch.rsqrt(x)
 
 
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, H_kv, T, D]`` → ``[B, H_kv·groups, T, D]`` (grouped-query attention)."""
-    if groups == 1:
-        return x
-    b, h, t, d = x.shape
-    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
-
-
-def make_lut_attention(exp_table, recip_table):
-    """An ``AttentionInterface`` function: eager attention whose softmax comes from the tables.
-
-    Shapes: ``query [B, H, T_q, D]``, ``key`` / ``value [B, H_kv, T_k, D]``, additive or boolean
-    ``attention_mask`` broadcastable to ``[B, H, T_q, T_k]``; returns ``([B, T_q, H, D], [B, H, T_q, T_k])``.
-    """
-
-    def lut_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
-        groups = getattr(module, "num_key_value_groups", 1)
-        key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-        if scaling is None:
-            scaling = query.size(-1) ** -0.5
-        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, T_q, T_k)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + attention_mask[..., : key.shape[-2]]
-        probs = lut_softmax(scores, exp_table, recip_table, dim=-1).to(value.dtype)
-        probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-        out = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, T_q, H, D)
-        return out, probs
-
-    return lut_attention
-
-
 @dataclass
 class LUTHandle:
     """What :func:`apply_luts` changed; :meth:`remove` undoes it exactly.
@@ -238,9 +195,7 @@ class LUTHandle:
             setattr(parent, attr, original)
         self._swaps.clear()
         if self._attn is not None:
-            name, original = self._attn
-            _set_attn_implementation(self.model, original)
-            _unregister_attention(name)
+            restore_attention(self.model, *self._attn)
             self._attn = None
 
     def __enter__(self) -> "LUTHandle":
@@ -255,29 +210,6 @@ class LUTHandle:
             "tables": {k: {"entries": getattr(t, "entries", None), "method": getattr(t, "method", None)}
                        for k, t in self.tables.items()},
         }
-
-
-def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(name)
-    else:  # pragma: no cover - every supported HF model has it
-        model.config._attn_implementation = name
-
-
-def _register_attention(name: str, fn) -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, eager_mask)
-
-
-def _unregister_attention(name: str) -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface._global_mapping.pop(name, None)
-    AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 def load_tables(luts, fns, entries: int = 16) -> dict:
@@ -387,11 +319,7 @@ def apply_luts(model: nn.Module, luts="default", ops=("gelu", "silu", "softmax",
                 handle.replaced[norm_op] = handle.replaced.get(norm_op, 0) + 1
         # Softmax.
         if "softmax" in ops:
-            name = f"compactlm_lut_{id(handle):x}"
-            _register_attention(name, make_lut_attention(tables["exp"], tables["reciprocal"]))
-            original = model.config._attn_implementation
-            _set_attn_implementation(model, name)
-            handle._attn = (name, original)
+            handle._attn = install_lut_attention(model, tables["exp"], tables["reciprocal"], f"compactlm_lut_{id(handle):x}")
             handle.replaced["softmax"] = len(get_blocks(model))
     except BaseException:
         handle.remove()
