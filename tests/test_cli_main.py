@@ -49,7 +49,7 @@ def test_existing_out_needs_overwrite(tmp_path, run_cli):
         (["--scheme", "int4"], "--scheme: cannot parse 'int4'"),
         (["--method", "magic"], "--method: unknown method 'magic'"),
         (["--model", "no-such-model"], "--model: 'no-such-model' not found"),
-        (["--model", "tiny-llama", "--method", "rtn", "--rank", "4"], "method 'rtn' has no option"),
+        (["--model", "tiny-llama", "--method", "rtn", "--rank", "4"], "--rank: not used by method 'rtn'; it takes --clip, --grid, --max-shrink, --p"),
     ],
 )
 def test_bad_input_is_one_line_error_not_traceback(argv, needle, tmp_path, run_cli):

@@ -67,8 +67,8 @@ def test_apply_writes_run_dir_and_eval_compares(table_dir, corpus, tmp_path, cap
 
 def test_apply_with_calibration(table_dir, corpus, tmp_path):
     run = tmp_path / "cal"
-    assert _run("apply", "--model", "tiny-llama", "--calibrate", "4", "--calib", corpus, "--calib-seq-len", "32",
-                "--entries", "8", "--fit-steps", "20", "--tables", str(table_dir), "--out", str(run)) == 0
+    assert _run("apply", "--model", "tiny-llama", "--samples", "4", "--data", corpus, "--calib-seq-len", "32",
+                "--entries", "8", "--steps", "20", "--tables", str(table_dir), "--out", str(run)) == 0
     tables = load_luts(run / "tables")
     assert {t.method for t in tables.values()} == {"nn-lut-calibrated"}
 

@@ -155,12 +155,3 @@ def test_w4a8_kv8_with_activations_in_reconstruction(calib):
     qls = _qlinears(model)
     assert qls["model.layers.0.self_attn.k_proj"].output_quantizer is not None
     assert qls["model.layers.0.self_attn.q_proj"].output_quantizer is None
-
-
-def test_cli_exposes_options():
-    from compactlm.commands.quantize import _method_options
-
-    options = _method_options()
-    for name in ("iters", "lr", "batch_size", "rank", "rank_ratio", "work_dir", "smooth_alpha"):
-        assert name in options
-    assert "lrq" in options["rank"][1] and "flexround" not in options["rank"][1]

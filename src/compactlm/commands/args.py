@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 from compactlm.errors import CompactLMError
 
-GIVEN = "_given"  # namespace attribute: set of dests typed on the command line
+GIVEN = "_given"  # namespace attribute: {dest: option string typed} of the options on the command line
 DEPRECATED = "_deprecated"  # namespace attribute: [(old flag, new flag)] used this run
 
 MODEL_HELP = "embedded name, tiny-<model_type>, local folder, run directory, .gguf file or hub id"
@@ -53,16 +53,16 @@ def _tracking(cls: type[argparse.Action]) -> type[argparse.Action]:
         def __call__(self, parser, namespace, values, option_string=None):
             super().__call__(parser, namespace, values, option_string)
             if option_string is not None:  # positionals are always "given"; only options are tracked
-                _mark_given(namespace, self.dest)
+                _mark_given(namespace, self.dest, option_string)
 
     Tracking.__name__ = f"Tracking{cls.__name__}"
     return Tracking
 
 
-def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
-    given = set(getattr(namespace, GIVEN, None) or ())
-    given.add(dest)
-    setattr(namespace, GIVEN, given)
+def _mark_given(namespace: argparse.Namespace, dest: str, option_string: str) -> None:
+    typed = dict(getattr(namespace, GIVEN, None) or {})
+    typed[dest] = option_string
+    setattr(namespace, GIVEN, typed)
 
 
 class SpineParser(argparse.ArgumentParser):
@@ -84,8 +84,14 @@ class SpineParser(argparse.ArgumentParser):
 
 
 def given(args: argparse.Namespace) -> set[str]:
-    """Dests of the options typed on the command line (empty for a namespace built by hand)."""
+    """Dests of the options typed on the command line (empty for a namespace built by hand, or one
+    parsed by a plain :class:`argparse.ArgumentParser`)."""
     return set(getattr(args, GIVEN, None) or ())
+
+
+def typed_flag(args: argparse.Namespace, dest: str) -> str:
+    """The option string the user typed for ``dest`` (``--calib`` for ``data``), else ``--<dest>``."""
+    return (getattr(args, GIVEN, None) or {}).get(dest) or flag_name(dest)
 
 
 def flag_name(dest: str) -> str:
@@ -98,7 +104,7 @@ def reject_unused(args: argparse.Namespace, ignored: Iterable[str], why: str, ta
     ``why`` names the path (``"method 'rtn'"``, ``"--format dequantized"``); ``takes`` lists the
     flags that path does take (shown in the message).
     """
-    typed = sorted(flag_name(d) for d in set(ignored) & given(args))
+    typed = sorted(typed_flag(args, d) for d in set(ignored) & given(args))
     if typed:
         takes = sorted(set(takes))
         tail = f"; it takes {', '.join(takes)}" if takes else "; it takes no such options"
@@ -126,7 +132,7 @@ class _DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, self.const_value if self.nargs == 0 else values)
-        _mark_given(namespace, self.dest)
+        _mark_given(namespace, self.dest, option_string)
         used = list(getattr(namespace, DEPRECATED, None) or [])
         used.append((option_string, self.new_flag))
         setattr(namespace, DEPRECATED, used)
@@ -293,7 +299,7 @@ def _attributes_section(doc: str) -> list[tuple[list[str], str]]:
     return [(names, " ".join(t for t in text if t)) for names, text in entries]
 
 
-def _plain(text: str) -> str:
+def plain_doc(text: str) -> str:
     """Docstring markup out of help text (``code`` -> code, :class:`~a.B` -> B)."""
     text = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", text)
     return text.replace("``", "").replace("%", "%%")
@@ -396,7 +402,7 @@ def _by_value(mapping: dict[str, Any]) -> list[tuple[Any, list[str]]]:
 
 
 def _option_help(docs: dict[str, str], owners: dict[str, Any], optional: bool, owner_word: str, n_configs: int) -> str:
-    texts = _by_value({k: _plain(v).rstrip(".") if v else "undocumented option" for k, v in docs.items()})
+    texts = _by_value({k: plain_doc(v).rstrip(".") if v else "undocumented option" for k, v in docs.items()})
     if len(texts) == 1:
         text = texts[0][0]
     else:

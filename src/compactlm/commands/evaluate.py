@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from compactlm.commands import args as A
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,20 +16,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Evaluate perplexity on a corpus and/or zero-shot multiple-choice accuracy; prints a "
         "table and writes the result JSON (atomically) to --out, and to <run dir>/eval.json for run dirs.",
     )
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf, run dir or hub id (default: %(default)s)")
+    A.add_model(p, help="embedded name, tiny-<model_type>, local folder, .gguf, run directory (quantized or NN-LUT) "
+                "or hub id")
     p.add_argument("--ppl", default="wiki-eval", help="perplexity corpus (name or file); 'none' to skip (default: %(default)s)")
     p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks, e.g. arc_easy,piqa (default: none)")
     p.add_argument("--limit", type=int, default=None, help="first N examples per task (default: all)")
     p.add_argument("--seq-len", type=int, default=512, help="perplexity window length (default: %(default)s)")
     p.add_argument("--stride", type=int, default=None, help="perplexity window stride (default: --seq-len, no overlap)")
     p.add_argument("--max-tokens", type=int, default=40960, help="perplexity tokens (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default: 4 for perplexity, 16 for zero-shot)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="float32", help="dtype of activations and unquantized weights: float32, bfloat16, float16 (default: %(default)s)")
+    A.add_batch_size(p, None, "sequences per forward (default: 4 for perplexity, 16 for zero-shot)")
+    A.add_device(p)
+    A.add_dtype(p, default="float32")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "dequant"),
                    help="quantized run dirs: auto = real int4/int8 kernels where the grid has one; reference = the "
                    "fake-quant path (cached dequantized weights); dequant = dequantize every call (default: %(default)s)")
-    p.add_argument("--out", default=None, help="write the result JSON here")
+    A.add_out(p, required=False, help="write the result JSON here", overwrite=False)
     p.set_defaults(func=run)
 
 
@@ -48,13 +51,13 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from compactlm.data import TASKS
     from compactlm.errors import CompactLMError
     from compactlm.eval import perplexity, zeroshot
     from compactlm.io import write_json
     from compactlm.models import load_model
+    from compactlm.models.checkpoint import is_quantized_run
+    from compactlm.models.loading import base_model_name
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for t in tasks:
@@ -65,12 +68,18 @@ def run(args: argparse.Namespace) -> int:
         raise CompactLMError("eval: nothing to do; pass --ppl CORPUS and/or --tasks T1,T2")
     if args.limit is not None and args.limit < 1:
         raise CompactLMError("--limit must be a positive number of examples")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if ppl_source is None:
+        A.reject_unused(args, ("seq_len", "stride", "max_tokens"), "--ppl none", ["--tasks", "--limit", "--batch-size"])
+    if not tasks:
+        A.reject_unused(args, ("limit",), "a run without --tasks", ["--tasks"])
+    if not is_quantized_run(base_model_name(args.model)):
+        A.reject_unused(args, ("backend",), f"--model {args.model} (no quantized linears)")
+    device = A.device_of(args)
     start = time.perf_counter()
     from compactlm.serve import choose_dtype
 
     model, tok = load_model(args.model, device=device, dtype=choose_dtype(args.dtype, device), backend=args.backend)
-    if tok is None and args.model.startswith("tiny-"):
+    if tok is None and base_model_name(args.model).startswith("tiny-"):
         from compactlm.data.char_tokenizer import char_tokenizer
 
         tok = char_tokenizer()  # tiny random models ship no tokenizer
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.out, result)
         print(f"wrote {args.out}")
     run_dir = Path(args.model)
-    if run_dir.is_dir() and (run_dir / "report.json").is_file():
+    if run_dir.is_dir() and (run_dir / "report.json").is_file():  # a run dir (quantize, qat, lut apply ...)
         write_json(run_dir / "eval.json", result)
         print(f"wrote {run_dir / 'eval.json'}")
     return 0

@@ -7,6 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from compactlm.commands import args as A
+
+_GGUF_FLAGS = ("gguf_type", "lossy", "unquantized_type", "tokenizer_pre")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,10 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "llama.cpp (llama, qwen2) whose Q4_0/Q4_1/Q8_0 blocks hold the run's own codes; a grid the type "
         "cannot hold exactly is refused unless --lossy (see docs/gguf.md).",
     )
-    p.add_argument("--model", required=True, help="quantized run directory (compactlm quantize --out) or compressed-tensors folder")
+    A.add_model(p, required=True, help="quantized run directory (compactlm quantize --out) or compressed-tensors folder")
     p.add_argument("--format", default="compressed-tensors", help="compressed-tensors | dequantized | gguf (default: %(default)s)")
-    p.add_argument("--out", required=True, help="folder to create (gguf: the .gguf file to write)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    A.add_out(p, help="folder to create (gguf: the .gguf file to write)")
     p.add_argument("--verify", action="store_true",
                    help="reload the export with transformers and report the largest logit difference "
                    "(compressed-tensors)")
@@ -48,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         raise CompactLMError(
             f"--format: unknown export format {args.format!r}; choose one of {', '.join(FORMATS + ('gguf',))}"
         )
+    takes = {"gguf": ["--type", "--lossy", "--unquantized-type", "--tokenizer-pre"], "compressed-tensors": ["--verify"]}
+    if args.format != "gguf":
+        A.reject_unused(args, _GGUF_FLAGS, f"--format {args.format}", takes.get(args.format, []))
+    if args.format != "compressed-tensors":
+        A.reject_unused(args, ("verify",), f"--format {args.format}", takes.get(args.format, []))
     if args.format == "gguf":  # refuse bad gguf arguments before loading the model
         from compactlm.export.gguf import check_arguments
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from compactlm.commands import args as A
+
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     """Model, device, dtype, threads and kernel flags shared by ``generate`` and ``speed``."""
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf, run dir or hub id (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device; auto: cuda when present, else cpu (default: %(default)s)")
-    p.add_argument("--dtype", default="auto", help="dtype of activations and unquantized weights: auto (bfloat16), float32, bfloat16, float16 (default: %(default)s)")
+    A.add_model(p)
+    A.add_device(p)
+    A.add_dtype(p, default="auto", auto="bfloat16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "dequant"),
                    help="quantized linears: auto = real int4/int8 kernels where the grid has one; reference = cached "
@@ -30,13 +32,20 @@ def load_for_inference(args: argparse.Namespace):
 
     from compactlm.errors import CompactLMError
     from compactlm.models import load_model
-    from compactlm.serve import choose_device, choose_dtype, prepare_for_inference
+    from compactlm.models.checkpoint import is_quantized_run
+    from compactlm.models.loading import base_model_name
+    from compactlm.serve import choose_dtype, prepare_for_inference
 
     if args.threads is not None:
         if args.threads < 1:
             raise CompactLMError("--threads: expected a positive number of threads")
         torch.set_num_threads(args.threads)
-    device = choose_device(args.device)
+    if not args.keep_codes:
+        A.reject_unused(args, ("dense_from_tokens",), "a run without --keep-codes", ["--keep-codes"])
+    if not is_quantized_run(base_model_name(args.model)):
+        A.reject_unused(args, ("backend", "keep_codes", "dense_from_tokens"),
+                        f"--model {args.model} (no quantized linears)", ["--head-int8", "--compile", "--dtype", "--threads"])
+    device = A.device_of(args)
     dtype = choose_dtype(args.dtype, device)
     # Kernels are packed once, by prepare_for_inference after the cast and move (packing at load
     # and moving after would read every layer's codes back out of its kernel and pack them again).
@@ -69,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    A.add_seed(p, 0, "sampling seed (with --temperature > 0)")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt as plain text")
     p.add_argument("--quiet", action="store_true", help="print only the generated text")
     p.set_defaults(func=run)
@@ -84,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from compactlm.errors import CompactLMError
     from compactlm.serve import generate_text
 
+    if args.temperature < 0:
+        raise CompactLMError(f"--temperature: expected ≥ 0, got {args.temperature}")
+    if args.temperature == 0:
+        A.reject_unused(args, ("top_p", "seed"), "greedy decoding (--temperature 0)", ["--temperature T > 0"])
     model, tok, device, dtype, summary = load_for_inference(args)
     if tok is None:
         raise CompactLMError(f"--model: {args.model!r} has no tokenizer, so it cannot generate text")

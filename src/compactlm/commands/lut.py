@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
+
+from compactlm.commands import args as A
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,9 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, default=None,
-                   help="embedded name (smollm2-135m, minilm-l6...), local folder, run dir, .gguf or hub id")
+    A.add_model(p, default=None, required=required,
+                help="embedded name (smollm2-135m, minilm-l6...), tiny-<model_type>, local folder, run dir, .gguf or hub id"
+                + ("" if required else "; evaluates the model in FP and with the tables (default: tables only)"))
     p.add_argument("--ops", default="gelu,silu,softmax,layernorm,rmsnorm",
                    help="operations to replace (default: all; ops the model lacks are skipped)")
     p.add_argument("--ppl", default=None, help="perplexity corpus, e.g. wiki-eval (causal LMs)")
@@ -35,7 +39,20 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--tasks", default="", help="comma-separated zero-shot tasks, e.g. arc_easy,piqa (causal LMs)")
     p.add_argument("--limit", type=int, default=None, help="first N examples per zero-shot / classification task")
     p.add_argument("--classify", default=None, help="classification task for a fine-tuned classifier, e.g. sarcasm (test split)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    A.add_device(p)
+
+
+_EVAL_FLAGS = {"ppl": ("max_tokens", "seq_len"), "limit": ("limit",)}
+_MODEL_FLAGS = ("ops", "ppl", "max_tokens", "seq_len", "tasks", "limit", "classify", "device")
+_CALIB_FLAGS = ("data", "calib_seq_len", "steps", "seed")
+
+
+def _reject_unused_eval_flags(args, tasks: list[str]) -> None:
+    """--max-tokens/--seq-len without --ppl, --limit without --tasks/--classify: flags that would be ignored."""
+    if not args.ppl:
+        A.reject_unused(args, _EVAL_FLAGS["ppl"], "a run without --ppl", ["--ppl"])
+    if not (tasks or args.classify):
+        A.reject_unused(args, _EVAL_FLAGS["limit"], "a run without --tasks or --classify", ["--tasks", "--classify"])
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,32 +62,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="lut_command", metavar="ACTION", required=True)
 
     f = lsub.add_parser("fit", help="fit tables and write them as JSON + fixed-point JSON")
-    f.add_argument("--out", required=True, help="folder for <fn>.json and <fn>.q<bits>.json")
+    A.add_out(f, help="folder for <fn>.json and <fn>.q<bits>.json (written atomically)")
     f.add_argument("--fn", default="all", help="comma-separated: gelu,silu,exp,reciprocal,rsqrt (default: all)")
     f.add_argument("--entries", type=int, default=16, help="table size N (default: %(default)s)")
     f.add_argument("--method", choices=("nn-lut", "uniform"), default="nn-lut", help="default: %(default)s")
-    f.add_argument("--steps", type=int, default=None, help="Adam steps of the network fit (default: FitConfig)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs (default: %(default)s)")
+    A.add_steps(f, None, "Adam steps of the network fit (default: FitConfig's)")
+    A.add_seed(f, 0, "seed of the sampled inputs")
     f.add_argument("--bits", type=int, default=16, help="fixed-point width; 0 = float JSON only (default: %(default)s)")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     f.set_defaults(func=run_fit)
 
     a = lsub.add_parser("apply", help="replace a model's non-linearities by tables, evaluate, write a run dir")
     _add_model_args(a, required=True)
     _add_table_args(a)
-    a.add_argument("--calibrate", type=int, default=0,
-                   help="re-fit the tables on N calibration sequences of real activations (default: 0 = off)")
-    a.add_argument("--fit-steps", type=int, default=None, help="Adam steps of the calibration re-fit (default: FitConfig)")
-    a.add_argument("--calib", default="wiki", help="calibration corpus for causal LMs (default: %(default)s)")
-    a.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration sequence (default: %(default)s)")
-    a.add_argument("--out", default=None, help="run directory: tables/ (the tables used), config.json, report.json")
-    a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    A.add_data(a, data="wiki", samples=0, seq_len=256, what="calibration", data_aliases=["--calib"],
+               samples_aliases=["--calibrate"], seq_len_flag="--calib-seq-len")
+    A.add_steps(a, None, "Adam steps of the calibration re-fit (default: FitConfig's)", aliases=["--fit-steps"])
+    A.add_seed(a, 0, "seed of the calibration sequences")
+    A.add_out(a, required=False, help="run directory: tables/ (the tables used), config.json, report.json; "
+              "loadable by `compactlm eval --model`")
     a.set_defaults(func=run_apply)
 
     e = lsub.add_parser("eval", help="error tables of tables vs uniform, and model metrics FP vs tables")
     _add_model_args(e, required=False)
     _add_table_args(e)
-    e.add_argument("--out", default=None, help="write the result JSON here")
+    A.add_out(e, required=False, help="write the result JSON here", overwrite=False)
     e.set_defaults(func=run_eval)
 
 
@@ -116,6 +131,8 @@ def run_fit(args: argparse.Namespace) -> int:
     _check_entries(args.entries)
     if args.steps is not None and args.steps < 0:
         raise CompactLMError(f"--steps: expected ≥ 0, got {args.steps}")
+    if args.method == "uniform":
+        A.reject_unused(args, ("steps", "seed"), "--method uniform (no network fit)", ["--fn", "--entries", "--bits"])
     start = time.perf_counter()
     tables = {}
     for fn in fns:
@@ -170,19 +187,18 @@ def _format_errors(rows: list[dict]) -> str:
 
 
 def _load(args):
-    import torch
-
     from compactlm.errors import CompactLMError
     from compactlm.models import load_model
+    from compactlm.models.loading import base_model_name
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = A.device_of(args)
     head = "sequence-classification" if args.classify else "auto"
     model, tok = load_model(args.model, head=head, device=device)
-    if tok is None and args.model.startswith("tiny-"):
+    if tok is None and base_model_name(args.model).startswith("tiny-"):
         from compactlm.data.char_tokenizer import char_tokenizer
 
         tok = char_tokenizer()
-    if tok is None and (args.ppl or args.tasks or args.classify or getattr(args, "calibrate", 0)):
+    if tok is None and (args.ppl or args.tasks or args.classify or getattr(args, "samples", 0)):
         raise CompactLMError(f"--model: {args.model!r} has no tokenizer, so text cannot be evaluated")
     return model, tok
 
@@ -201,6 +217,7 @@ def _check_eval_args(args) -> list[str]:
         from compactlm.data.classification import get_task
 
         get_task(args.classify)
+    _reject_unused_eval_flags(args, tasks)
     return tasks
 
 
@@ -227,17 +244,15 @@ def _metrics(model, tok, args, tasks: list[str]) -> dict:
 def _calibration_batches(model, tok, args) -> list:
     from compactlm.errors import CompactLMError
 
-    n = args.calibrate
-    if n < 0:
-        raise CompactLMError(f"--calibrate: expected a number of sequences ≥ 0, got {n}")
+    n = args.samples
     if args.classify:
         from compactlm.encoder.finetune import encode_split
 
-        enc = encode_split(tok, args.classify, "train", n, 0, None)
+        enc = encode_split(tok, args.classify, "train", n, args.seed, None)
         return [{k: v[i:i + 8] for k, v in enc.items() if k != "labels"} for i in range(0, n, 8)]
     from compactlm.data import token_samples
 
-    ids = token_samples(tok, args.calib, n, args.calib_seq_len, seed=0)
+    ids = token_samples(tok, args.data, n, args.calib_seq_len, seed=args.seed)
     return [ids[i:i + 4] for i in range(0, n, 4)]
 
 
@@ -250,15 +265,22 @@ def run_apply(args: argparse.Namespace) -> int:
 
     tasks = _check_eval_args(args)
     ops = check_ops(args.ops)
+    if args.samples < 0:
+        raise CompactLMError(f"--samples: expected a number of calibration sequences ≥ 0, got {args.samples}")
+    if not args.samples:
+        A.reject_unused(args, _CALIB_FLAGS, "lut apply without calibration (--samples 0)", ["--samples N"])
+    if args.tables != "default" and not args.samples:
+        A.reject_unused(args, ("entries",), f"--tables {args.tables} without calibration (the tables' own size)",
+                        ["--tables default", "--samples N"])
     if not (args.out or args.ppl or tasks or args.classify):
         raise CompactLMError("lut apply: nothing to do; pass --out RUN_DIR and/or --ppl / --tasks / --classify")
-    if args.calibrate and args.bits:
+    if args.samples and args.bits:
         raise CompactLMError("--bits: calibration fits float tables; export them with --out, then apply with --bits")
     start = time.perf_counter()
     tables = _resolve_tables(args, needed_functions(ops))
     model, tok = _load(args)
-    if args.calibrate:
-        over = {} if args.fit_steps is None else {"steps": args.fit_steps}
+    if args.samples:
+        over = {} if args.steps is None else {"steps": args.steps}
         cal = calibrate_luts(model, _calibration_batches(model, tok, args), ops=ops, entries=args.entries, **over)
         tables = {**tables, **cal}
     handle = apply_luts(model, tables, ops=ops)
@@ -268,14 +290,26 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.out:
         used = {f: tables[f] for f in handle.tables}
         with atomic_dir(args.out, args.overwrite) as tmp:
-            if args.bits:
-                write_json(tmp / "tables.json", {f: t.to_dict() for f, t in used.items()})
+            if args.bits:  # fixed-point tables as `lut fit` writes them: tables/<fn>.q<bits>.json
+                for f, t in used.items():
+                    write_json(tmp / "tables" / f"{f}.q{args.bits}.json", t.to_dict())
             else:
                 save_luts(tmp / "tables", used, fixed_bits=16)
-            write_json(tmp / "config.json", {k: v for k, v in vars(args).items() if k != "func"})
+            write_json(tmp / "config.json", _run_config(args, ops))
             write_json(tmp / "report.json", report)
-        print(f"wrote {args.out} (apply again with --tables {args.out}/tables)")
+        again = f"--tables {args.out}/tables" + (f" --bits {args.bits}" if args.bits else "")
+        print(f"wrote {args.out} (compactlm eval --model {args.out}; apply to another model with {again})")
     return 0
+
+
+def _run_config(args: argparse.Namespace, ops) -> dict:
+    """``config.json`` of a LUT run: the settings, and what :func:`compactlm.models.load_model` needs to
+    rebuild the model (``command``/``lut_command``, base ``model`` and its absolute ``model_path``, ``ops``, ``bits``)."""
+    config = {k: v for k, v in vars(args).items() if k != "func" and not k.startswith("_")}
+    config.update(command="lut", lut_command="apply", ops=list(ops), bits=args.bits or None)
+    if Path(args.model).expanduser().exists():
+        config["model_path"] = str(Path(args.model).expanduser().resolve())
+    return config
 
 
 def _print_report(report: dict) -> None:
@@ -291,6 +325,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from compactlm.lut.apply import apply_luts
     from compactlm.lut.functions import check_ops
 
+    if not args.model:
+        A.reject_unused(args, _MODEL_FLAGS, "lut eval without --model (table errors only)", ["--model"])
     tasks = _check_eval_args(args)
     start = time.perf_counter()
     tables = _resolve_tables(args)

