@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from compactlm.commands import args as A
@@ -141,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
         save_quantized(model, tok, tmp, extra_config={"method": method.name, "scheme": scheme.name})
         write_json(tmp / "config.json", config)
         write_json(tmp / "report.json", report)
-    if work_dir is not None:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    if work_dir is not None:  # the output is saved: the default resume state has served its purpose
+        remove_work_dir(work_dir)
     summary = {k: report[k] for k in ("method", "scheme", "seconds", "peak_mem_mb", "resumed_blocks") if k in report}
     print(f"wrote {out}: {json.dumps(summary)}")
     return 0
@@ -159,6 +158,12 @@ def _reject_foreign_options(args, recipe: dict, method: str, fields: set[str], t
                              f"it takes {', '.join(takes) or 'no options'}")
 
 
+def remove_work_dir(path: Path) -> None:
+    from compactlm.ptq.store import remove_work_dir as remove
+
+    remove(path)
+
+
 def _default_work_dir(out: Path, fields: set[str], options: dict, overwrite: bool) -> Path | None:
     """Set ``options['work_dir']`` to ``<out>.work`` for resumable methods when none was given."""
     if "work_dir" not in fields or options.get("work_dir") is not None:
@@ -166,7 +171,7 @@ def _default_work_dir(out: Path, fields: set[str], options: dict, overwrite: boo
     work = default_work_dir(out)
     if overwrite and work.exists():
         log.info("--overwrite: discarding the resume state in %s", work)
-        shutil.rmtree(work)
+        remove_work_dir(work)  # refuses a folder that is not a reconstruction work dir
     elif work.exists():
         log.info("resuming from %s", work)
     options["work_dir"] = str(work)
