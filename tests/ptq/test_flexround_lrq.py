@@ -1,5 +1,7 @@
 """FlexRound and LRQ quantizers and methods (tiny random models)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,11 +40,11 @@ def test_zero_initialised_quantizers_are_rtn(scheme, clip):
     w = torch.randn(48, 64)
     rtn = quantize_weight_rtn(w, s, RTNConfig(clip=clip))
     for quantizer in (FlexRoundQuantizer(w, s, clip), LRQQuantizer(w, s, rank=8, clip=clip)):
-        baked = quantizer.bake()
+        baked = quantizer.to_qweight(w)
         assert torch.equal(baked.int_weight, rtn.int_weight)
         assert torch.equal(baked.scale, rtn.scale)
         assert torch.equal(baked.zero_point, rtn.zero_point)
-        assert torch.equal(quantizer(), rtn.dequantize())
+        assert torch.equal(quantizer(w), rtn.dequantize())
 
 
 @pytest.mark.parametrize("method", ["flexround", "lrq"])
@@ -76,14 +78,75 @@ def test_trained_weights_lie_on_the_grid(method, calib):
     assert changed > 0  # learning moved some weights to another integer
 
 
-def test_trained_quantizer_forward_matches_baked_grid():
-    s = parse_scheme("w4a16")
-    q = LRQQuantizer(torch.randn(32, 64), s, rank=4, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("scheme", ["w4a16", "w3a16-g16", "w4a16-sym"])
+def test_trained_quantizer_forward_matches_baked_grid(scheme):
+    """Bit for bit: the engine computes the next block's input with the trained quantizer's forward."""
+    s = parse_scheme(scheme)
+    w = torch.randn(32, 64)
+    for q in (LRQQuantizer(w, s, rank=4, generator=torch.Generator().manual_seed(0)), FlexRoundQuantizer(w, s)):
+        with torch.no_grad():
+            for p in q.parameters():
+                p.normal_(std=0.1)
+        assert torch.equal(q(w), q.to_qweight(w).dequantize())
+
+
+GOLDEN = Path(__file__).parent / "data" / "log_scale_rounding_golden.safetensors"
+
+
+def _golden_cases():
+    from safetensors.torch import load_file
+
+    cases: dict[str, dict] = {}
+    for key, value in load_file(GOLDEN).items():
+        case, name = key.split("|")
+        cases.setdefault(case, {})[name] = value
+    return cases
+
+
+@pytest.mark.parametrize("case", sorted(_golden_cases()))
+def test_quantizers_match_golden_values_of_the_previous_implementation(case):
+    """FlexRound / LRQ as WeightQuantizers (W passed in, not stored) give the same Ŵ, gradients and
+    baked grid as before the move, bit for bit; the golden file was produced by the implementation
+    of commit c2d817d (quantizer holding W, ``forward()`` / ``bake()``) with fixed seeds."""
+    g = _golden_cases()[case]
+    method, scheme, clip = case.split("/")
+    w, s = g["w"], parse_scheme(scheme)
+    q = FlexRoundQuantizer(w, s, clip) if method == "flexround" else LRQQuantizer(w, s, rank=3, clip=clip)
     with torch.no_grad():
-        q.L.normal_(std=0.3)
-        q.r.normal_(std=0.1)
-        q.log_s1_delta.normal_(std=0.05)
-    assert torch.allclose(q(), q.bake().dequantize(), atol=1e-6)
+        for name, p in q.named_parameters():
+            p.copy_(g[f"param.{name}"])
+    w_hat = q(w)
+    (w_hat * g["upstream"]).sum().backward()
+    assert torch.equal(w_hat, g["w_hat"])
+    for name, p in q.named_parameters():
+        assert torch.equal(p.grad, g[f"grad.{name}"]), name
+    baked = q.to_qweight(w)
+    for name in ("int_weight", "scale", "zero_point"):
+        assert torch.equal(getattr(baked, name), g[name]), name
+    assert not torch.equal(baked.int_weight, quantize_weight_rtn(w, s, RTNConfig(clip=clip)).int_weight)  # not RTN
+
+
+def test_reconstruction_trains_the_one_fake_quant_linear(calib, monkeypatch):
+    """During reconstruction every block linear is quant.fake.FakeQuantLinear around the method's
+    quantizer; W stays frozen and the optimiser gets the quantizer's parameters only."""
+    from compactlm.ptq import engine
+    from compactlm.quant.fake import FakeQuantLinear
+
+    seen = []
+    real_train = engine._train_block
+
+    def spy(runner, index, n_blocks, block, params, *args, **kwargs):
+        fq = [m for m in block.modules() if isinstance(m, FakeQuantLinear)]
+        quantizer_params = {id(p) for m in fq for p in m.weight_quantizer.parameters()}
+        seen.append((len(fq), all(not m.weight.requires_grad for m in fq), {id(p) for p in params} == quantizer_params,
+                     all(isinstance(m.weight_quantizer, LRQQuantizer) for m in fq)))
+        return real_train(runner, index, n_blocks, block, params, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_block", spy)
+    model = tiny_model("llama")
+    quantize(model, "lrq", "w4a16", calib=calib, iters=1)
+    assert seen == [(7, True, True, True)] * 2
+    assert not any(isinstance(m, FakeQuantLinear) for m in model.modules())  # all deployed as QuantLinear
 
 
 def test_learned_parameter_counts(calib):

@@ -1,7 +1,9 @@
 """Block-wise reconstruction engine shared by every learned-rounding PTQ method (METHODS.md §1.3).
 
-One transformer block at a time, the block's linears are replaced by learnable weight quantizers
-and trained so that the quantized block reproduces the full-precision one:
+One transformer block at a time, the block's linears are replaced by the toolkit's one
+training-time fake-quant linear (:class:`~compactlm.quant.fake.FakeQuantLinear`, ``W`` frozen)
+around the method's learnable :class:`~compactlm.quant.weight_quantizers.WeightQuantizer`, and the
+quantizers are trained so that the quantized block reproduces the full-precision one:
 
 * input of block ``l``: ``X̃_l``, the output of the already-quantized blocks ``0..l-1`` on the
   calibration set (errors of earlier blocks are therefore compensated downstream);
@@ -38,7 +40,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -47,9 +48,12 @@ from compactlm.models.capture import BlockRunner, capture_first_block_input
 from compactlm.models.specs import ArchSpec, block_linears, get_blocks, get_spec, linear_bias, linear_weight, set_module
 from compactlm.ptq.common import replace_linear
 from compactlm.ptq.store import ActivationStore, WorkDir, run_fingerprint
-from compactlm.quant.activation import ActQuantizer, act_quantizer_for
+from compactlm.quant.activation import ActQuantizer, act_quantizer_for, kv_quantizer_for
+from compactlm.quant.fake import FakeQuantLinear
+from compactlm.quant.primitives import CLIPS
 from compactlm.quant.qweight import QuantizedWeight
 from compactlm.quant.scheme import QuantScheme
+from compactlm.quant.weight_quantizers import WeightQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class ReconstructionConfig:
         iters: Optimisation steps per block (the papers use 5000; CPU budgets 25-500).
         lr: Adam learning rate of all quantizer parameters (cosine-decayed to 0).
         batch_size: Calibration sequences per step.
-        clip: Initial step size ``s1``: ``"minmax"`` or ``"lp"`` (Lp clip search, as RTN).
+        clip: Initial step size ``s1``: ``"minmax"``, ``"lp"`` (Lp clip search, as RTN) or
+            ``"signed-max"`` (llama.cpp's Q4_0 rule; symmetric grids only).
         seed: Seed of batch sampling and random initialisation.
         work_dir: Directory for resumable state (created; reused when the config matches; left
             in place at the end, see :func:`compactlm.ptq.store.remove_work_dir`).
@@ -91,8 +96,8 @@ class ReconstructionConfig:
             raise CompactLMError(f"--lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise CompactLMError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.clip not in ("minmax", "lp"):
-            raise CompactLMError(f"--clip: expected 'minmax' or 'lp', got {self.clip!r}")
+        if self.clip not in CLIPS:
+            raise CompactLMError(f"--clip: expected one of {', '.join(CLIPS)}, got {self.clip!r}")
         if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
             raise CompactLMError(f"--smooth-alpha must lie in (0, 1), got {self.smooth_alpha}")
 
@@ -111,56 +116,6 @@ def reconstruction_loss(out_q: torch.Tensor, out_fp: torch.Tensor, mask: torch.T
     if mask is not None:
         err = err * mask[..., None].to(err.dtype)
     return err.sum(dim=1).mean()
-
-
-class WeightQuantizer(nn.Module):
-    """Interface of a learnable weight quantizer used by the engine.
-
-    ``forward()`` returns the fake-quantized weight ``[C_out, C_in]`` (differentiable w.r.t. the
-    quantizer's parameters); ``bake()`` returns the final integer grid.
-    """
-
-    def bake(self) -> QuantizedWeight:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def num_learned(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-class ReconLinear(nn.Module):
-    """A block linear during reconstruction: ``y = Q_out(Q_in(x) @ Ŵᵀ + b)``.
-
-    ``Ŵ`` comes from the learnable ``quantizer`` while training, from the baked grid once
-    :meth:`freeze` is called.
-    """
-
-    def __init__(self, quantizer: WeightQuantizer, bias: torch.Tensor | None,
-                 input_quantizer: ActQuantizer | None, output_quantizer: ActQuantizer | None):
-        super().__init__()
-        self.quantizer = quantizer
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.input_quantizer = input_quantizer
-        self.output_quantizer = output_quantizer
-        self.quantize_input = input_quantizer is not None
-        self.quantize_output = output_quantizer is not None
-        self.qweight: QuantizedWeight | None = None
-        self._frozen_weight: torch.Tensor | None = None
-
-    def freeze(self) -> QuantizedWeight:
-        """Bake the grid and use it from now on."""
-        with torch.no_grad():
-            self.qweight = self.quantizer.bake()
-            self._frozen_weight = self.qweight.dequantize(torch.float32)
-        return self.qweight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantize_input:
-            x = self.input_quantizer(x)
-        w = self._frozen_weight if self._frozen_weight is not None else self.quantizer()
-        y = F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if self.quantize_output:
-            y = self.output_quantizer(y)
-        return y
 
 
 def _acts_in_recon(scheme: QuantScheme, config: ReconstructionConfig) -> bool:
@@ -293,22 +248,23 @@ def _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantiz
         _run_block(runner, i, block, x_fp, y_fp, batch, device)
 
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
-        wrappers = _wrap_block(block, spec, scheme, make_quantizer, gen, act_in_recon)
+        wrappers, act_qs = _wrap_block(block, spec, scheme, make_quantizer, gen, act_in_recon)
         if scheme.a_static:
-            _calibrate_static(runner, i, block, wrappers, x_q, batch, device)
+            _calibrate_static(runner, i, block, wrappers, act_qs, x_q, batch, device)
         loss_before = _run_block(runner, i, block, x_q, None, batch, device, target=y_fp)
 
-        params = [p for w in wrappers.values() for p in w.quantizer.parameters() if p.requires_grad]
+        params = [p for w in wrappers.values() for p in w.weight_quantizer.parameters() if p.requires_grad]
         n_learned = sum(p.numel() for p in params)
         if config.iters > 0 and params:
             _train_block(runner, i, len(blocks), block, params, x_q, y_fp, config, gen, device, method)
 
-        qweights = {name: w.freeze() for name, w in wrappers.items()}
-        # Next quantized-path input: this block, baked, on the quantized-path input.
+        qweights = {name: w.to_qweight() for name, w in wrappers.items()}
+        # Next quantized-path input: this block on its final grid (the quantizers' forward equals
+        # the baked grid bit for bit: WeightQuantizer contract) on the quantized-path input.
         loss_after = _run_block(runner, i, block, x_q, x_q, batch, device, target=y_fp)
         x_fp.data, y_fp.data = y_fp.data, x_fp.data  # FP output is the next FP input
         x_fp.path, y_fp.path = y_fp.path, x_fp.path  # (each path stays with its buffer)
-        tensors = _install_wrapped(block, spec, scheme, wrappers, qweights)
+        tensors = _install_wrapped(block, spec, scheme, act_qs, qweights)
         block_report = {
             "block": i, "loss_before": round(loss_before, 6), "loss_after": round(loss_after, 6),
             "learned_params": n_learned, "seconds": round(time.perf_counter() - t0, 2),
@@ -322,33 +278,42 @@ def _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantiz
 
 
 def _wrap_block(block: nn.Module, spec: ArchSpec, scheme: QuantScheme, make_quantizer, gen: torch.Generator,
-                act_in_recon: bool) -> dict[str, ReconLinear]:
-    wrappers = {}
+                act_in_recon: bool) -> tuple[dict[str, FakeQuantLinear], dict[str, ActQuantizer | None]]:
+    """Swap the block's linears for :class:`FakeQuantLinear` around the method's quantizers.
+
+    Returns:
+        ``(wrappers, act_qs)``: the fake-quant linears, and every linear's input quantizer for the
+        scheme (static ranges are calibrated on it even when activations are not quantized during
+        reconstruction, in which case the wrapper holds none).
+    """
+    wrappers, act_qs = {}, {}
     for name, module in block_linears(block, spec).items():
-        w = linear_weight(module).detach().float()
-        in_q = act_quantizer_for(scheme)  # static ranges are calibrated even if not applied in training
-        out_q = None
-        if scheme.kv_bits is not None and name in spec.kv_proj:
-            out_q = ActQuantizer(scheme.kv_bits, "token", static=False, symmetric=False)
-        wrapper = ReconLinear(make_quantizer(name, w, gen), linear_bias(module), in_q, out_q).to(w.device)
-        wrapper.quantize_input = act_in_recon and in_q is not None
-        wrapper.quantize_output = act_in_recon and out_q is not None
+        weight = linear_weight(module)  # the linear's own (frozen) Parameter; GPT-2 Conv1D: a transposed view
+        if not isinstance(weight, nn.Parameter):
+            weight = nn.Parameter(weight.detach(), requires_grad=False)  # same storage, no copy
+        w = weight.detach().float()
+        in_q = act_quantizer_for(scheme)
+        out_q = kv_quantizer_for(scheme) if name in spec.kv_proj else None
+        wrapper = FakeQuantLinear(
+            weight, linear_bias(module), make_quantizer(name, w, gen),
+            in_q if act_in_recon else None, out_q if act_in_recon else None,
+        ).to(w.device)
         set_module(block, name, wrapper)
-        wrappers[name] = wrapper
-    return wrappers
+        wrappers[name], act_qs[name] = wrapper, in_q
+    return wrappers, act_qs
 
 
 @torch.no_grad()
-def _calibrate_static(runner, index, block, wrappers, x_q, batch, device) -> None:
+def _calibrate_static(runner, index, block, wrappers, act_qs, x_q, batch, device) -> None:
     """Observe per-tensor input ranges of every linear on the quantized-path inputs."""
-    flags = {name: w.quantize_input for name, w in wrappers.items()}
-    for w in wrappers.values():
-        w.quantize_input = True
+    applied = {name: w.input_quantizer for name, w in wrappers.items()}
+    for name, w in wrappers.items():
+        w.input_quantizer = act_qs[name]
         w.input_quantizer.start_observing()  # observing returns its input unchanged
     _run_block(runner, index, block, x_q, None, batch, device)
     for name, w in wrappers.items():
         w.input_quantizer.finish_observing()
-        w.quantize_input = flags[name]
+        w.input_quantizer = applied[name]
 
 
 def _train_block(runner, index, n_blocks, block, params, x_q, y_fp, config, gen, device, method) -> None:
@@ -367,13 +332,14 @@ def _train_block(runner, index, n_blocks, block, params, x_q, y_fp, config, gen,
     bar.close()
 
 
-def _install_wrapped(block, spec, scheme, wrappers: dict[str, ReconLinear], qweights) -> dict[str, torch.Tensor]:
-    """Swap wrappers for deployed ``QuantLinear`` modules; returns the tensors to save."""
+def _install_wrapped(block, spec, scheme, act_qs: dict[str, ActQuantizer | None],
+                     qweights: dict[str, QuantizedWeight]) -> dict[str, torch.Tensor]:
+    """Swap the fake-quant linears for deployed ``QuantLinear`` modules; returns the tensors to save."""
     tensors: dict[str, torch.Tensor] = {}
-    for name, wrapper in wrappers.items():
+    for name in act_qs:
         module = replace_linear(block, name, qweights[name], scheme, spec)
         if module.input_quantizer is not None and module.input_quantizer.static:
-            src = wrapper.input_quantizer
+            src = act_qs[name]
             if src is None or not src.calibrated:
                 raise CompactLMError(f"static activation range of {name} was not calibrated")
             module.input_quantizer.set_range(float(src.x_min), float(src.x_max))

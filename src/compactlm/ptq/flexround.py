@@ -24,17 +24,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compactlm.ptq.engine import ReconstructionConfig, WeightQuantizer, reconstruct
+from compactlm.ptq.engine import ReconstructionConfig, reconstruct
 from compactlm.quant.primitives import expand_groups, group_size_for, qrange, round_ste, weight_qparams
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
 from compactlm.quant.scheme import QuantScheme
+from compactlm.quant.weight_quantizers import WeightQuantizer
 
 
 class LogScaleRounding(WeightQuantizer):
     """``Ŵ = s1 · (clamp(round_ste(W / (s1 · exp(D))) + z, qmin, qmax) − z)``.
 
+    A :class:`~compactlm.quant.weight_quantizers.WeightQuantizer`: the reconstruction engine trains
+    it inside the toolkit's one :class:`~compactlm.quant.fake.FakeQuantLinear`, which holds the
+    (frozen) weight ``W`` and passes it to :meth:`forward` / :meth:`to_qweight`. Only the
+    log-scales are learned; ``W`` gets no gradient here.
+
     Args:
-        weight: ``[C_out, C_in]`` full-precision weight.
+        weight: ``[C_out, C_in]`` full-precision weight (initialises ``s1`` and ``z``; not stored).
         scheme: Weight bits, group size and symmetry.
         clip: ``s1`` initialisation: ``"minmax"`` or ``"lp"``.
     """
@@ -44,8 +50,8 @@ class LogScaleRounding(WeightQuantizer):
         self.bits = scheme.w_bits
         self.symmetric = scheme.w_symmetric
         self.group_size = group_size_for(weight.shape[1], scheme.w_group_size)
+        self.shape = tuple(weight.shape)  # (C_out, C_in)
         s1, z = weight_qparams(weight, self.bits, self.group_size, self.symmetric, clip=clip)
-        self.register_buffer("weight", weight.detach().float().clone())  # (C_out, C_in)
         self.register_buffer("s1_init", s1)  # (C_out, n_groups)
         self.register_buffer("zero_point", z)  # (C_out, n_groups), fixed
         self.log_s1_delta = nn.Parameter(torch.zeros_like(s1))  # log s1 = log s1_init + log_s1_delta
@@ -58,22 +64,23 @@ class LogScaleRounding(WeightQuantizer):
         """Step size ``[C_out, n_groups]``."""
         return self.s1_init * torch.exp(self.log_s1_delta)
 
-    def _codes(self, ste: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _codes(self, w: torch.Tensor, ste: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qmin, qmax = qrange(self.bits, self.symmetric)
         s1 = expand_groups(self.s1(), self.group_size)  # (C_out, C_in)
         z = expand_groups(self.zero_point, self.group_size)
-        x = self.weight / (s1 * torch.exp(self.log_divisor()))
+        x = w.float() / (s1 * torch.exp(self.log_divisor()))
         q = torch.clamp((round_ste(x) if ste else torch.round(x)) + z, qmin, qmax)
         return q, s1, z
 
-    def forward(self) -> torch.Tensor:
-        """Fake-quantized weight ``[C_out, C_in]``, differentiable w.r.t. all log-scales."""
-        q, s1, z = self._codes(ste=True)
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """Fake-quantized ``w`` ``[C_out, C_in]``, differentiable w.r.t. all log-scales."""
+        q, s1, z = self._codes(w, ste=True)
         return (q - z) * s1
 
     @torch.no_grad()
-    def bake(self) -> QuantizedWeight:
-        q, _, _ = self._codes(ste=False)
+    def to_qweight(self, w: torch.Tensor) -> QuantizedWeight:
+        """``w`` on the integer grid of step ``s1``; ``dequantize()`` equals :meth:`forward` bit for bit."""
+        q, _, _ = self._codes(w, ste=False)
         return QuantizedWeight(
             int_weight=q.to(code_dtype(self.symmetric)),
             scale=self.s1().detach().float().clone(),
@@ -89,8 +96,8 @@ class FlexRoundQuantizer(LogScaleRounding):
 
     def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax"):
         super().__init__(weight, scheme, clip)
-        self.log_S2 = nn.Parameter(torch.zeros_like(self.weight))
-        self.log_s3 = nn.Parameter(torch.zeros(self.weight.shape[0], 1))
+        self.log_S2 = nn.Parameter(torch.zeros_like(weight, dtype=torch.float32))
+        self.log_s3 = nn.Parameter(torch.zeros(self.shape[0], 1))
 
     def log_divisor(self) -> torch.Tensor:
         return self.log_S2 + self.log_s3

@@ -45,7 +45,7 @@ class LRQQuantizer(LogScaleRounding):
     def __init__(self, weight: torch.Tensor, scheme: QuantScheme, rank: int, clip: str = "minmax",
                  generator: torch.Generator | None = None):
         super().__init__(weight, scheme, clip)
-        c_out, c_in = self.weight.shape
+        c_out, c_in = self.shape
         if not 1 <= rank <= min(c_out, c_in):
             raise CompactLMError(
                 f"--rank {rank} is outside 1..{min(c_out, c_in)} for a {c_out}x{c_in} weight; "
