@@ -14,7 +14,12 @@ own task definition* (prompt, choices, target, winogrande's partial scoring all 
 lm-eval) and only swaps the dataset for ``dataset_path: json`` with that file, so it runs offline.
 compactlm scores the same examples with :func:`compactlm.eval.zeroshot.loglikelihoods`. Both use
 the same model object. Rows (accuracies, per-example disagreements, largest log-likelihood gap) are
-appended to ``bench/results/lmeval_parity.json``; finished rows are skipped on a rerun.
+appended to ``bench/results/lmeval_parity.json``; finished rows are skipped on a rerun (``--redo``
+recomputes them). The per-choice log-likelihoods of both sides go to
+``bench/results/lmeval_parity.lls.json``, and ``lmeval_parity.png`` is drawn from every task there.
+
+The zero-shot average of the benchmarks (bench/ptq, bench/lut) is over arc_easy, arc_challenge,
+hellaswag, piqa and winogrande, the default ``--tasks`` here.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from compactlm.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "lmeval_parity"
+# the five tasks whose mean is the benchmarks' zero-shot average (bench/ptq/records.py ZEROSHOT_TASKS)
+BENCH_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande")
 # our task name -> lm-eval's task YAML (relative to lm_eval/tasks)
 LMEVAL_YAML = {
     "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml", "piqa": "piqa/piqa.yaml",
@@ -93,12 +100,20 @@ def render(rows: list[dict]) -> str:
     def f(v, spec=".4f"):
         return "n/a" if v is None else format(v, spec)
 
+    order = [*BENCH_TASKS, *(t for t in LMEVAL_YAML if t not in BENCH_TASKS)]
+    rows = sorted(rows, key=lambda r: (r["model"], order.index(r["task"]) if r["task"] in order else len(order), r["limit"]))
     for r in rows:
         lines.append(f"| {r['task']} | {r['limit']} | {r['acc']:.4f} | {r['lmeval_acc']:.4f} | {r['acc_norm']:.4f} | "
                      f"{f(r['lmeval_acc_norm'])} | {r['disagreements']} | {r['disagreements_correct']} / "
                      f"{f(r['disagreements_norm_correct'], 'd')} | "
                      f"{r['max_abs_loglik_diff']:.2e} | {r['seconds']:.0f} | {r['seconds_lmeval']:.0f} |")
     r0 = rows[0] if rows else {}
+    if rows:
+        same = sum(r["disagreements"] == 0 and r["disagreements_correct"] == 0
+                   and not r["disagreements_norm_correct"] for r in rows)
+        lines.append(f"\n{same} of {len(rows)} rows have no differing prediction and no differing per-example "
+                     f"acc / acc_norm; the largest per-choice log-likelihood gap is "
+                     f"{max(r['max_abs_loglik_diff'] for r in rows):.1e} nats, float32 rounding (the two sides batch and pad requests differently).")
     lines.append(f"\nModel {r0.get('model')}, device {r0.get('device')}; lm-eval {r0.get('lmeval_version')} HFLM "
                  "(default add_bos_token, batch 16) vs compactlm.eval.zeroshot on the same model object and the "
                  "same first-N validation examples (lm-eval's acc/acc_norm are its own per-sample metrics; n/a: the task reports acc only). Command: `" + (r0.get("command") or "") + "`")
@@ -106,27 +121,36 @@ def render(rows: list[dict]) -> str:
 
 
 def plot(rows_ll: dict, path: Path) -> None:
+    """Left: per-choice log-likelihoods, ours against lm-eval's; right: their absolute gap per task."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for key, (ours, theirs) in rows_ll.items():
+    fig, (ax, gap) = plt.subplots(1, 2, figsize=(10, 4.8))
+    for j, (key, (ours, theirs)) in enumerate(rows_ll.items()):
         ax.scatter(theirs, ours, s=6, label=key)
+        diff = [abs(a - b) + 1e-9 for a, b in zip(ours, theirs)]
+        gap.scatter([j + (k % 21 - 10) / 40 for k in range(len(diff))], diff, s=4)
     ax.set_xlabel("lm-eval HFLM log-likelihood")
     ax.set_ylabel("compactlm log-likelihood")
     ax.set_title("Per-choice log-likelihoods (y = x is parity)")
     ax.legend(fontsize=7)
+    gap.set_yscale("log")
+    gap.set_xticks(range(len(rows_ll)), list(rows_ll), rotation=30, fontsize=7)
+    gap.set_ylabel("|compactlm - lm-eval| (nats, +1e-9)")
+    gap.set_title("Per-choice gap")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--tasks", default="arc_easy")
+    p.add_argument("--tasks", default=",".join(BENCH_TASKS))
     p.add_argument("--limits", default="100", help="comma-separated example counts")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--redo", action="store_true", help="recompute (task, limit) rows already in the results")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -138,13 +162,15 @@ def main() -> int:
     device = f"cpu-{threads}thread ({platform.machine()}, 2-core host shared with other jobs)"
     json_path = RESULTS.with_suffix(".json")
     rows = json.loads(json_path.read_text()) if json_path.is_file() else []
-    done = {(r["model"], r["task"], r["limit"]) for r in rows}
+    done = set() if args.redo else {(r["model"], r["task"], r["limit"]) for r in rows}
+    lls_path = RESULTS.with_suffix(".lls.json")
+    lls_all = json.loads(lls_path.read_text()) if lls_path.is_file() else {}
     model, tok = load_model(args.model)
     if tok is None:  # tiny random models: the character tokenizer (a quick dry run of this script)
         from compactlm.data.char_tokenizer import char_tokenizer
 
         tok = char_tokenizer()
-    lls_for_plot = {}
+    lls_for_plot = False
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         for limit in [int(x) for x in args.limits.split(",")]:
             if (args.model, task, limit) in done:
@@ -183,12 +209,17 @@ def main() -> int:
                 "lmeval_version": lm_eval.__version__, "device": device, "seed": 0, "command": command,
             }
             logging.info("%s", row)
-            rows.append(row)
+            rows = [r for r in rows if (r["model"], r["task"], r["limit"]) != (args.model, task, limit)] + [row]
             write_json(json_path, rows)
             write_text(RESULTS.with_suffix(".md"), render(rows))
-            lls_for_plot[f"{task}/{limit}"] = (ours, flat_theirs)
+            lls_all[f"{args.model}/{task}/{limit}"] = {"compactlm": ours, "lmeval": flat_theirs}
+            write_json(lls_path, lls_all)
+            lls_for_plot = True
     if lls_for_plot:
-        plot(lls_for_plot, RESULTS.with_suffix(".png"))
+        order = [*BENCH_TASKS, *LMEVAL_YAML]
+        keys = sorted(lls_all, key=lambda k: (order.index(k.split("/")[1]), k))
+        plot({k.split("/", 1)[1]: (lls_all[k]["compactlm"], lls_all[k]["lmeval"]) for k in keys},
+             RESULTS.with_suffix(".png"))
     print(render(rows))
     return 0
 
