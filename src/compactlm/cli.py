@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.generate",
     "compactlm.commands.speed",
     "compactlm.commands.lut",
+    "compactlm.commands.triples",
 )
 
 
