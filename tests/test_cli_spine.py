@@ -42,7 +42,7 @@ def test_quantize_help_shows_each_options_documented_meaning_default_and_methods
     # inherited from ReconstructionConfig's docstring, shared by both reconstruction methods
     assert "--iters N Optimisation steps per block" in text and "(default 200; methods: flexround, lrq)" in text
     # a field documented differently per method shows each method's meaning
-    assert "rtn: \"minmax\" (full range) or \"lp\"" in text and "smoothquant: Weight range of the following RTN" in text
+    assert "rtn: \"minmax\" (full range)" in text and "smoothquant: Weight range of the following RTN" in text
 
 
 def test_every_method_option_is_a_flag_and_names_its_methods():
