@@ -26,7 +26,9 @@ class RTNConfig:
     """Options of RTN.
 
     Attributes:
-        clip: ``"minmax"`` (full range) or ``"lp"`` (search shrink factors minimising the Lp error).
+        clip: ``"minmax"`` (full range), ``"lp"`` (search shrink factors minimising the Lp error) or
+            ``"signed-max"`` (symmetric grids: llama.cpp's Q4_0 rule ``d = x_e / −2^(b−1)``, the
+            largest-magnitude weight on the code ``−2^(b−1)``; reproduces llama.cpp's Q4_0 codes).
         p: Exponent of the clip search.
         grid: Number of shrink steps per unit of range.
         max_shrink: Largest fraction of the range the search may cut.
