@@ -4,7 +4,8 @@
 
 with ``N-1`` hidden units is trained with the mean squared error on inputs sampled over the
 function's interval and then converted exactly into an ``N``-entry table
-(:func:`compactlm.lut.table.from_network`).
+(:func:`compactlm.lut.table.from_network`). :func:`initial_lut` converts the network before
+training (the ablation row "NN-LUT init" of the benchmark).
 
 Choices where the paper is silent (recorded here, see METHODS.md §4):
 
@@ -149,6 +150,51 @@ def _initial_net(x: torch.Tensor, y: torch.Tensor, target: Target, units: int) -
     return best
 
 
+def _training_inputs(target: Target, entries: int, config: FitConfig,
+                     extra_samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded training inputs ``x`` (uniform samples, both ends, optional extras) and ``f(x)``."""
+    if entries < 2:
+        raise CompactLMError(f"--entries: NN-LUT needs at least 2 entries, got {entries}")
+    g = torch.Generator().manual_seed(config.seed)
+    lo, hi = target.lo, target.hi
+    x = lo + (hi - lo) * torch.rand(config.samples, generator=g, dtype=torch.float64)
+    x = torch.cat([x, torch.tensor([lo, hi], dtype=torch.float64)])
+    if extra_samples is not None and extra_samples.numel():
+        x = torch.cat([x, extra_samples.detach().to(torch.float64).flatten().clamp(lo, hi)])
+    return x, target.fn(x)
+
+
+def initial_network(target: Target, entries: int, config: FitConfig = FitConfig()) -> tuple[ReLUNet, float]:
+    """The network :func:`fit_network` starts training from, untrained: ``(network, mse)``.
+
+    Its breakpoints are the curvature-placed initial ones and its output layer ``m, c`` is the
+    least-squares optimum for them on the same training inputs (see the module notes), so it is
+    already a reasonable table; what Adam adds is moving the breakpoints.
+    """
+    x, y = _training_inputs(target, entries, config)
+    net = _initial_net(x, y, target, entries - 1)
+    with torch.no_grad():
+        mse = float(((net(x) - y) ** 2).mean())
+    return net, mse
+
+
+def initial_lut(fn: str | Target, entries: int = 16, config: FitConfig | None = None) -> LUT:
+    """NN-LUT before training: the table converted exactly from :func:`initial_network`.
+
+    The ablation row between the uniform / least-squares tables and the trained NN-LUT table of
+    the same size; ``method`` is ``"nn-lut-init"`` and ``meta`` holds the network and its MSE.
+    """
+    target = get_target(fn) if isinstance(fn, str) else fn
+    config = config or FitConfig()
+    net, mse = initial_network(target, entries, config)
+    meta = {
+        "fit": {**config.__dict__, "steps": 0},
+        "mse": mse,
+        "network": {k: getattr(net, k).detach().flatten().tolist() for k in ("w", "b", "m", "c")},
+    }
+    return net.to_lut(target.name, target.lo, target.hi, method="nn-lut-init", meta=meta)
+
+
 def fit_network(target: Target, entries: int, config: FitConfig = FitConfig(),
                 extra_samples: torch.Tensor | None = None) -> tuple[ReLUNet, float]:
     """Train the ``entries-1``-unit network on ``target`` over its interval.
@@ -162,17 +208,9 @@ def fit_network(target: Target, entries: int, config: FitConfig = FitConfig(),
     Returns:
         ``(network, mse)`` with the MSE on the training inputs.
     """
-    if entries < 2:
-        raise CompactLMError(f"--entries: NN-LUT needs at least 2 entries, got {entries}")
-    units = entries - 1
-    g = torch.Generator().manual_seed(config.seed)
+    x, y = _training_inputs(target, entries, config, extra_samples)
+    net = _initial_net(x, y, target, entries - 1)
     lo, hi = target.lo, target.hi
-    x = lo + (hi - lo) * torch.rand(config.samples, generator=g, dtype=torch.float64)
-    x = torch.cat([x, torch.tensor([lo, hi], dtype=torch.float64)])
-    if extra_samples is not None and extra_samples.numel():
-        x = torch.cat([x, extra_samples.detach().to(torch.float64).flatten().clamp(lo, hi)])
-    y = target.fn(x)
-    net = _initial_net(x, y, target, units)
     coords = ((hi + lo) / 2, (hi - lo) / 2, float(y.mean()), float(y.std()) or 1.0)
     u, v = (x - coords[0]) / coords[1], (y - coords[2]) / coords[3]
     net.normalise_(*coords)

@@ -11,7 +11,9 @@ segments, a slope and an intercept. Evaluation is one compare-tree lookup and on
 ``d_i = -b_i/w_i`` (active right of it when ``w_i > 0``, left of it when ``w_i < 0``), and on a
 segment with active set ``A`` the network is linear with ``slope = Σ_{i∈A} m_i·w_i`` and
 ``intercept = Σ_{i∈A} m_i·b_i + c``. :func:`uniform_lut` is the baseline: breakpoints evenly spaced
-on the interval, each segment interpolating the true function at its two ends.
+on the interval, each segment interpolating the true function at its two ends. :func:`lstsq_lut`
+keeps those breakpoints but chooses the knot values by least squares (the ablation that separates
+"better values" from "better breakpoints").
 
 Out-of-interval inputs: the end segments extend linearly (the table equals the network on all of
 ℝ). Operators that need something else (exp underflow to 0, exponent normalisation of 1/x and
@@ -37,7 +39,7 @@ class LUT:
         slopes: ``N`` per-segment slopes.
         intercepts: ``N`` per-segment intercepts.
         lo, hi: Interval the table was built for.
-        method: ``"nn-lut"``, ``"uniform"`` or ``"nn-lut-calibrated"``.
+        method: ``"nn-lut"``, ``"uniform"``, ``"lstsq"``, ``"nn-lut-init"`` or ``"nn-lut-calibrated"``.
         meta: Free-form provenance (seed, steps, fit loss...), saved with the table.
     """
 
@@ -164,6 +166,46 @@ def uniform_lut(fn, entries: int, lo: float, hi: float, name: str | None = None)
     intercepts = y[:-1] - slopes * knots[:-1]
     return LUT(name or getattr(fn, "__name__", "f"), tuple(knots[1:-1].tolist()), tuple(slopes.tolist()),
                tuple(intercepts.tolist()), float(lo), float(hi), method="uniform")
+
+
+def lstsq_lut(fn, entries: int, lo: float, hi: float, name: str | None = None, points: int = 10_001) -> LUT:
+    """Least-squares table on uniform breakpoints: the ablation between :func:`uniform_lut` and NN-LUT.
+
+    The same ``N`` equal segments as :func:`uniform_lut`, but instead of interpolating ``fn`` at
+    the knots, the ``N+1`` knot values ``v_0 … v_N`` of a *continuous* piecewise-linear function
+    are chosen to minimise ``Σ_p (g(x_p) - fn(x_p))²`` over ``points`` evenly spaced ``x_p`` on
+    ``[lo, hi]`` (hat-function basis, one linear least-squares solve). Continuous, like a table
+    converted from a ReLU network, so the two differ only in where the breakpoints sit and how
+    they were found.
+
+    Args:
+        fn: The exact function (elementwise on a float64 tensor).
+        entries: ``N``; breakpoints are the ``N-1`` interior knots ``lo + (hi-lo)·j/N``.
+        points: Evenly spaced least-squares points on ``[lo, hi]`` (ends included).
+    """
+    if entries < 1:
+        raise CompactLMError(f"--entries: must be ≥ 1, got {entries}")
+    if points < entries + 1:
+        raise CompactLMError(f"points: need at least entries+1 = {entries + 1} least-squares points, got {points}")
+    knots = torch.linspace(lo, hi, entries + 1, dtype=torch.float64)
+    x = torch.linspace(lo, hi, points, dtype=torch.float64)
+    values = _hat_lstsq(knots, x, fn(x))
+    slopes = (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])
+    intercepts = values[:-1] - slopes * knots[:-1]
+    return LUT(name or getattr(fn, "__name__", "f"), tuple(knots[1:-1].tolist()), tuple(slopes.tolist()),
+               tuple(intercepts.tolist()), float(lo), float(hi), method="lstsq",
+               meta={"lstsq_points": points, "knot_values": values.tolist()})
+
+
+def _hat_lstsq(knots: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Knot values of the continuous piecewise-linear least-squares fit of ``(x, y)`` on ``knots``."""
+    k = torch.bucketize(x, knots[1:-1], right=True)  # segment of each point, 0 … N-1
+    t = (x - knots[k]) / (knots[k + 1] - knots[k])  # position inside the segment, 0 … 1
+    basis = torch.zeros(len(x), len(knots), dtype=torch.float64)
+    rows = torch.arange(len(x))
+    basis[rows, k] = 1 - t
+    basis[rows, k + 1] += t
+    return torch.linalg.lstsq(basis, y[:, None], driver="gelsd").solution[:, 0]
 
 
 def table_error(table: LUT, fn, lo: float | None = None, hi: float | None = None, points: int = 100_001) -> dict:
