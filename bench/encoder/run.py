@@ -5,7 +5,10 @@
 
 Rows (in priority order): FP; RTN at W2A8 / W4A8 / W8A8; QAT with each loss variant
 (``score-mse`` TernaryBERT baseline, ``attn-map``, ``attn-out``, ``map-out``) at W2A8 then W4A8; SDQ
-at W8A8. Every QAT / SDQ row has the same budget (steps, batch, LR, max length). Resumable: a row
+at W8A8. Every QAT / SDQ row has the same budget (steps, batch, LR, max length). The row labels
+(``w2a8``...) name the paper settings of :data:`SETTINGS`: a ``QuantScheme`` string plus the
+pre-clip of the ``QATConfig`` (:data:`compactlm.encoder.qat.ENCODER_QAT` otherwise); each record
+carries the canonical scheme name (``scheme_name``) and the QAT config. Resumable: a row
 (method, scheme, loss, seed) already in ``bench/results/encoder.json`` is skipped; each finished row
 is appended at once (atomic, locked — ``bench/ptq/records.py``), then ``encoder.md`` / ``encoder.png``
 are rewritten (``bench/encoder/report.py``).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import os
 import shlex
@@ -31,12 +35,19 @@ from records import append_record, read_records, row_key  # noqa: E402
 from report import write_report  # noqa: E402
 
 from compactlm.data.classification import get_task  # noqa: E402
-from compactlm.encoder.qat import VARIANTS, EncoderQATConfig, evaluate_classifier, ptq_encoder, run_encoder_qat  # noqa: E402
+from compactlm.encoder.qat import EncoderQATConfig, evaluate_classifier, ptq_encoder, run_encoder_qat  # noqa: E402
 from compactlm.encoder.sdq import SDQConfig, run_sdq  # noqa: E402
 from compactlm.models import load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "encoder.json"
 log = logging.getLogger("bench.encoder")
+
+SETTINGS: dict[str, tuple[str, float | None]] = {
+    "w2a8": ("w2a8-tensor-actsym", 2.5),      # ternary per tensor, per-row ternary embeddings, pre-clip 2.5
+    "w4a8": ("w4a8-sym-tensor-actsym", 2.5),  # 4-bit symmetric per row, pre-clip 2.5
+    "w8a8": ("w8a8-dynamic-actsym", None),    # 8-bit symmetric per row, no pre-clip (SDQ)
+}
+"""Row label -> (scheme, pre-clip); activations 8-bit symmetric dynamic per tensor in all three."""
 
 
 def rows() -> list[tuple[str, str, str]]:
@@ -94,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             if method == "fp":
                 model = teacher
             elif method == "rtn":
-                model = ptq_encoder(copy.deepcopy(teacher), scheme).eval()
+                config = EncoderQATConfig(task=args.task, scheme=SETTINGS[scheme][0], clip=SETTINGS[scheme][1])
+                model = ptq_encoder(copy.deepcopy(teacher), config.scheme, config.qat_config()).eval()
+                report = {"scheme": config.scheme, "qat_config": dataclasses.asdict(config.qat_config())}
             else:
-                common = dict(task=args.task, scheme=scheme, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                              warmup=0.1, max_length=args.max_length, eval_limit=args.eval_limit, seed=seed)
+                name, clip = SETTINGS[scheme]
+                common = dict(task=args.task, scheme=name, clip=clip, steps=args.steps, lr=args.lr,
+                              batch_size=args.batch_size, warmup=0.1, max_length=args.max_length,
+                              eval_limit=args.eval_limit, seed=seed)
                 if method == "sdq":
                     model, report = run_sdq(teacher, tokenizer, SDQConfig(**common), progress=False, eval_splits=("test",))
                 else:
@@ -108,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 report.update(evaluate_classifier(model, tokenizer, args.task, args.eval_limit, args.max_length,
                                                   splits=("test",)))
             record.update(
+                scheme_name=report.get("scheme", "fp32"), qat_config=report.get("qat_config"),
                 loss=loss, model="minilm-l6", teacher=args.teacher, task=args.task, seed=seed,
                 test_acc=report["test_acc"], test_examples=report["test_examples"],
                 loss_start=report.get("loss_start", {}).get("loss"), loss_end=report.get("loss_end", {}).get("loss"),

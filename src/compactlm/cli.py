@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except CompactLMError as e:
         parser.exit(2, f"compactlm: error: {e}\n")
     except KeyboardInterrupt:
-        parser.exit(130, "compactlm: interrupted; outputs were left untouched (rerun to resume)\n")
+        # Training commands (qat, sdq, finetune) checkpoint to <out>.ckpt/ and resume when rerun;
+        # quantize keeps resume state in <out>.work/. --out itself is only ever written at the end.
+        parser.exit(130, "compactlm: interrupted; outputs were left untouched. Training (qat, sdq, finetune) and "
+                    "reconstruction (quantize) runs continue from their last checkpoint when rerun with the same "
+                    "command; --overwrite starts over\n")
 
 
 if __name__ == "__main__":

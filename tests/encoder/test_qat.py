@@ -2,34 +2,42 @@
 and SDQ's Quant-Noise schedule (tiny random BERT and XLM-R)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from compactlm.encoder.qat import (
+    ENCODER_QAT,
     VARIANTS,
+    EncoderQATConfig,
     convert_encoder_qat,
-    distill_loop,
     fake_quant_modules,
     kd_forward,
     kd_loss,
+    kd_qat,
     prepare_encoder_qat,
     ptq_encoder,
     resolve_terms,
     set_noise_share,
 )
-from compactlm.encoder.quantizers import (
-    FakeQuantEmbedding,
-    FakeQuantLinear,
-    fake_quant_weight,
-    parse_encoder_scheme,
-    to_quantized_weight,
-)
 from compactlm.encoder.sdq import SDQConfig, quant_noise_share, sdq_terms
 from compactlm.errors import CompactLMError
 from compactlm.models.tiny import tiny_model
+from compactlm.quant import QuantLinear, QuantScheme
+from compactlm.quant.fake import FakeQuantEmbedding, FakeQuantLinear, quant_noise
 from compactlm.quant.weight_quantizers import twn_ternarize
-from compactlm.quant import QuantLinear
+from compactlm.train import TrainConfig
+
+W2A8, W4A8, W8A8 = "w2a8-tensor-actsym", "w4a8-sym-tensor-actsym", "w8a8-dynamic-actsym"
+
+
+def _quantizer(w, scheme, per=None, clip=2.5):
+    return dataclasses.replace(ENCODER_QAT, clip=clip).weight_quantizer(w, QuantScheme.parse(scheme), per=per)
+
+
+def _train(steps, lr, batch_size):
+    return TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup=0.0, max_grad_norm=0.0)
 
 
 def _batch(n=16, t=12, seed=0):
@@ -59,24 +67,28 @@ def test_ternary_codes_three_levels_per_tensor_and_per_row():
 
 
 def test_pre_clip_and_straight_through_gradient():
-    scheme = parse_encoder_scheme("w2a8")
     w = torch.tensor([[0.1, -0.5, 3.0, -4.0]], requires_grad=True)
-    fake_quant_weight(w, scheme, "tensor").sum().backward()
+    q = _quantizer(w, W2A8)
+    quant_noise(q, w, 1.0, 8).sum().backward()
     # identity inside ±2.5, zero outside (clamp)
     assert w.grad.tolist() == [[1.0, 1.0, 0.0, 0.0]]
 
 
 def test_quantized_weight_on_grid_for_each_scheme():
-    w = torch.randn(8, 24)
-    for name, bits in (("w2a8", 2), ("w4a8", 4), ("w8a8", 8)):
-        scheme = parse_encoder_scheme(name)
-        qw = to_quantized_weight(w, scheme, scheme.w_per)
+    w = torch.randn(8, 24) * 2
+    for name, bits, clip in ((W2A8, 2, 2.5), (W4A8, 4, 2.5), (W8A8, 8, None)):
+        q = _quantizer(w, name, clip=clip)
+        qw = q.to_qweight(w)
         qw.validate()
-        assert qw.bits == bits
-        torch.testing.assert_close(qw.dequantize(), fake_quant_weight(w, scheme, scheme.w_per).detach())
-    assert parse_encoder_scheme("w4a8").w_per == "row"
+        assert qw.bits == bits and qw.symmetric
+        torch.testing.assert_close(qw.dequantize(), quant_noise(q, w, 1.0, 8).detach())
+        if bits == 2:  # ternary per tensor: one α
+            assert torch.unique(qw.scale).numel() == 1
+        else:  # uniform symmetric per row: s = max|W_c| / (2^(b-1) - 1)
+            w_c = w if clip is None else w.clamp(-clip, clip)
+            torch.testing.assert_close(qw.scale, w_c.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1))
     with pytest.raises(CompactLMError, match="--scheme"):
-        parse_encoder_scheme("w3a3")
+        EncoderQATConfig(scheme="w4a99")
 
 
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta"])
@@ -85,7 +97,7 @@ def test_prepare_convert_ternary_model(model_type):
     batch = _batch()
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     fp_logits = model(**inputs).logits
-    prepare_encoder_qat(model, "w2a8")
+    prepare_encoder_qat(model, W2A8)
     n_linear = sum(isinstance(m, FakeQuantLinear) for m in model.modules())
     assert n_linear == 6 * model.config.num_hidden_layers  # q k v o, intermediate, output
     assert isinstance(model.get_input_embeddings(), FakeQuantEmbedding)
@@ -109,8 +121,8 @@ def test_ptq_w4a8_is_close_to_fp_and_w2a8_is_not():
     base = tiny_model("bert")
     inputs = {k: v for k, v in _batch().items() if k != "labels"}
     fp = base(**inputs).logits
-    err4 = (ptq_encoder(copy.deepcopy(base), "w4a8")(**inputs).logits - fp).abs().mean()
-    err2 = (ptq_encoder(copy.deepcopy(base), "w2a8")(**inputs).logits - fp).abs().mean()
+    err4 = (ptq_encoder(copy.deepcopy(base), W4A8)(**inputs).logits - fp).abs().mean()
+    err2 = (ptq_encoder(copy.deepcopy(base), W2A8)(**inputs).logits - fp).abs().mean()
     assert err4 < err2
 
 
@@ -138,17 +150,15 @@ def test_kd_loss_zero_for_identical_models_and_variant_errors():
 
 @pytest.mark.parametrize(
     "model_type,scheme,variant",
-    [("bert", "w2a8", "attn-map"), ("bert", "w2a8", "score-mse"), ("xlm-roberta", "w2a8", "map-out"),
-     ("xlm-roberta", "w4a8", "attn-out")],
+    [("bert", W2A8, "attn-map"), ("bert", W2A8, "score-mse"), ("xlm-roberta", W2A8, "map-out"),
+     ("xlm-roberta", W4A8, "attn-out")],
 )
 def test_short_qat_lowers_the_loss(model_type, scheme, variant):
     # init range 0.2 (not 0.02): peaked attention maps, so every attention term has something to match
     teacher = tiny_model(model_type, initializer_range=0.2)
     student = prepare_encoder_qat(copy.deepcopy(teacher), scheme)
-    history = distill_loop(
-        student, teacher, _batch(n=8, t=10), resolve_terms(variant), steps=15, lr=5e-4, batch_size=8, warmup=0.0,
-        seed=0, progress=False,
-    )
+    history = kd_qat(student, teacher, _batch(n=8, t=10), resolve_terms(variant), _train(15, 5e-4, 8),
+                     progress=False).history
     first, last = history[0]["loss"], sum(h["loss"] for h in history[-3:]) / 3
     assert last < 0.8 * first, (first, last)
     # the teacher is untouched
@@ -158,11 +168,11 @@ def test_short_qat_lowers_the_loss(model_type, scheme, variant):
 
 
 @pytest.mark.parametrize("fail", [False, True])
-def test_distill_loop_restores_the_callers_attention_implementation(fail):
+def test_kd_qat_restores_the_callers_attention_implementation(fail):
     teacher = tiny_model("bert")
     teacher.set_attn_implementation("sdpa")
     teacher.train()
-    student = prepare_encoder_qat(copy.deepcopy(teacher), "w2a8")
+    student = prepare_encoder_qat(copy.deepcopy(teacher), W2A8)
     on_step = None
     if fail:
         def on_step(model, step, total):  # an interrupted run restores too
@@ -170,8 +180,8 @@ def test_distill_loop_restores_the_callers_attention_implementation(fail):
                 raise KeyboardInterrupt
     interrupted = False
     try:
-        distill_loop(student, teacher, _batch(n=8, t=10), resolve_terms("attn-map"), steps=2, lr=1e-4,
-                     batch_size=8, warmup=0.0, seed=0, on_step=on_step, progress=False)
+        kd_qat(student, teacher, _batch(n=8, t=10), resolve_terms("attn-map"), _train(2, 1e-4, 8),
+               on_step=on_step, progress=False)
     except KeyboardInterrupt:
         interrupted = True
     assert interrupted == fail
@@ -195,12 +205,12 @@ def test_quant_noise_schedule():
 
 
 def test_quant_noise_quantizes_a_random_share_of_blocks():
-    scheme = parse_encoder_scheme("w8a8")
     torch.manual_seed(0)
     w = torch.randn(64, 64)
-    full = fake_quant_weight(w, scheme, "row", 1.0)
-    assert torch.equal(fake_quant_weight(w, scheme, "row", 0.0), w)  # p = 0: full precision (no clip at W8)
-    noisy = fake_quant_weight(w, scheme, "row", 0.5, block=8)
+    q = _quantizer(w, W8A8, clip=None)
+    full = quant_noise(q, w, 1.0, 8)
+    assert torch.equal(quant_noise(q, w, 0.0, 8), w)  # p = 0: full precision (no clip at W8)
+    noisy = quant_noise(q, w, 0.5, 8)
     quantized = (noisy == full) & (noisy != w)
     blocks = quantized.view(64, 8, 8).any(-1).float()  # (rows, blocks) that got quantized
     assert 0.35 < blocks.mean() < 0.65
@@ -213,7 +223,7 @@ def test_quant_noise_quantizes_a_random_share_of_blocks():
 def test_sdq_short_run_on_tiny_encoder(model_type):
     teacher = tiny_model(model_type)
     config = SDQConfig(p_start=0.1, ramp=0.5)
-    student = prepare_encoder_qat(copy.deepcopy(teacher), config.scheme)
+    student = prepare_encoder_qat(copy.deepcopy(teacher), config.scheme, config.qat_config())
     seen = []
 
     def on_step(model, step, total):
@@ -222,10 +232,8 @@ def test_sdq_short_run_on_tiny_encoder(model_type):
         seen.append(share)
 
     teacher_out = teacher(**{k: v for k, v in _batch().items() if k != "labels"}).logits
-    history = distill_loop(
-        student, teacher, _batch(), sdq_terms(config), steps=20, lr=1e-3, batch_size=16, warmup=0.0, seed=0,
-        on_step=on_step, progress=False,
-    )
+    history = kd_qat(student, teacher, _batch(), sdq_terms(config), _train(20, 1e-3, 16), on_step=on_step,
+                     progress=False).history
     assert seen[0] == pytest.approx(0.1) and seen[-1] == 1.0
     assert {"logits_kl", "attn_map"} <= set(history[0])
     assert all(h["loss"] >= 0 for h in history)

@@ -7,7 +7,7 @@ import pytest
 from compactlm.errors import CompactLMError
 from compactlm.models import load_model
 from compactlm.qat import QATRecipe, run_qat
-from compactlm.qat.run import checkpoint_dir_for
+from compactlm.train import checkpoint_dir_for
 from compactlm.quant import QuantLinear
 
 FAST = ["--samples", "8", "--seq-len", "16", "--steps", "3", "--batch-size", "2", "--no-progress"]
@@ -59,21 +59,21 @@ def test_recipe_yaml_with_flag_override(tmp_path, run_cli):
 
 
 def test_run_qat_resumes_from_checkpoint(tmp_path, monkeypatch):
-    from compactlm.distill.trainer import DistillTrainer
+    from compactlm.train import Trainer
 
     out = tmp_path / "q"
     recipe = QATRecipe(model="tiny-llama", samples=8, seq_len=16, steps=4, batch_size=2, checkpoint_every=2, lr=1e-3)
     _, _, full = run_qat(recipe, progress=False)  # in memory, no checkpoints
-    original = DistillTrainer.train
+    original = Trainer.train
 
     def interrupted(self, stop_after=None):
         original(self, stop_after=2)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(DistillTrainer, "train", interrupted)
+    monkeypatch.setattr(Trainer, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_qat(recipe, out=out, progress=False)
-    monkeypatch.setattr(DistillTrainer, "train", original)
+    monkeypatch.setattr(Trainer, "train", original)
     assert (checkpoint_dir_for(out) / "checkpoint.pt").exists() and not out.exists()
     _, _, resumed = run_qat(recipe, out=out, progress=False)
     assert resumed["resumed_at_step"] == 2 and out.exists() and not checkpoint_dir_for(out).exists()

@@ -52,7 +52,7 @@ def test_mask_applies_only_to_matching_layouts():
 
 @pytest.fixture
 def w2a8_bert():
-    return ptq_encoder(tiny_model("bert", initializer_range=0.2), "w2a8")
+    return ptq_encoder(tiny_model("bert", initializer_range=0.2), "w2a8-tensor-actsym")
 
 
 def _batch():

@@ -13,8 +13,17 @@ Two entry points:
 Both take ``--recipe file.yaml`` (keys as the flags, ``_`` for ``-``; flags win), e.g.
 ``bench/encoder/recipes/w2a8-map-out.yaml``.
 
+``--scheme`` is a :class:`~compactlm.quant.QuantScheme` string, the same vocabulary as ``compactlm
+quantize``: the paper settings are ``w2a8-tensor-actsym`` (the encoder QAT default: ternary weights,
+8-bit symmetric dynamic per-tensor activations), ``w4a8-sym-tensor-actsym`` and
+``w8a8-dynamic-actsym`` (the SDQ default). The weight quantizer comes from ``--quantizer`` /
+``--per`` / ``--clip`` (defaults: the paper's, :data:`compactlm.encoder.qat.ENCODER_QAT`: TWN per
+tensor, pre-clip 2.5, per-row ternary embeddings; SDQ: no pre-clip; ``--clip 0``: none).
+
 Both write a quantized run directory (``<out>/model``, ``quantization.json``, ``quant_state.safetensors``
-— reloadable with ``load_model(out)`` — plus ``report.json`` with validation / test accuracy), atomically.
+— reloadable with ``load_model(out)`` — plus ``report.json`` with validation / test accuracy, the
+canonical scheme name and the QAT config), atomically. While training, checkpoints go to
+``<out>.ckpt/``: rerunning the same command resumes there; ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +57,13 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ramp", type=float, default=None, help="SDQ: fraction of steps until all blocks are quantized (default 0.8)")
 
 
-RECIPE_KEYS = ("model", "task", "scheme", "loss", "steps", "seq_len", "lr", "batch_size", "warmup", "seed",
-               "train_limit", "eval_limit", "beta", "p_start", "ramp")
+DECODER_ONLY = ("freeze_embeddings", "temperature", "tsld_tau", "data", "samples", "grad_accum", "schedule")
+"""Flags of the decoder ``qat`` parser that encoder QAT does not use (an error when typed with ``--task``)."""
+ENCODER_ONLY = ("train_limit", "eval_limit", "beta", "p_start", "ramp")
+"""Flags :func:`add_encoder_arguments` adds that only encoder QAT / SDQ use."""
+
+RECIPE_KEYS = ("model", "task", "scheme", "quantizer", "per", "clip", "loss", "steps", "seq_len", "lr", "batch_size",
+               "warmup", "seed", "train_limit", "eval_limit", "checkpoint_every", "beta", "p_start", "ramp")
 
 
 def apply_recipe(args: argparse.Namespace, path: str) -> None:
@@ -85,14 +100,21 @@ def _arg(args: argparse.Namespace, name: str, default=None):
 def build_config(args: argparse.Namespace):
     """The :class:`EncoderQATConfig` / :class:`SDQConfig` an argument namespace asks for."""
     from compactlm.encoder.qat import VARIANTS, EncoderQATConfig
-    from compactlm.encoder.quantizers import parse_encoder_scheme
     from compactlm.encoder.sdq import SDQConfig
     from compactlm.errors import CompactLMError
 
     loss = _arg(args, "loss")
     if loss not in (*VARIANTS, "sdq"):
         raise CompactLMError(f"--loss: with --task, choose one of {', '.join((*VARIANTS, 'sdq'))}; got {loss!r}")
+    cls = SDQConfig if loss == "sdq" else EncoderQATConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    clip = _arg(args, "clip", defaults["clip"])
     common = dict(
+        scheme=_arg(args, "scheme", defaults["scheme"]),
+        quantizer=_arg(args, "quantizer", defaults["quantizer"]),
+        per=_arg(args, "per", defaults["per"]),
+        clip=None if clip is not None and float(clip) == 0 else clip,
+        checkpoint_every=_arg(args, "checkpoint_every", defaults["checkpoint_every"]),
         task=args.task,
         steps=_arg(args, "steps"),
         lr=_arg(args, "lr", ENCODER_DEFAULTS["lr"]),
@@ -104,13 +126,9 @@ def build_config(args: argparse.Namespace):
         seed=_arg(args, "seed", 0),
     )
     if loss == "sdq":
-        scheme = _arg(args, "scheme", "w8a8")
-        parse_encoder_scheme(scheme)
-        return SDQConfig(scheme=scheme, beta=_arg(args, "beta", 1.0), p_start=_arg(args, "p_start", 0.1),
+        return SDQConfig(beta=_arg(args, "beta", 1.0), p_start=_arg(args, "p_start", 0.1),
                          ramp=_arg(args, "ramp", 0.8), **common)
-    scheme = _arg(args, "scheme", "w2a8")
-    parse_encoder_scheme(scheme)
-    return EncoderQATConfig(scheme=scheme, loss=loss, **common)
+    return EncoderQATConfig(loss=loss, **common)
 
 
 def run_encoder_qat_command(args: argparse.Namespace) -> int:
@@ -123,7 +141,11 @@ def run_encoder_qat_command(args: argparse.Namespace) -> int:
     from compactlm.errors import CompactLMError
     from compactlm.io import atomic_dir, write_json
     from compactlm.models import load_model, save_quantized
+    from compactlm.train import resume_dir
 
+    from compactlm.commands.args import reject_unused
+
+    reject_unused(args, DECODER_ONLY, "encoder QAT (--task)")
     if getattr(args, "recipe", None):
         apply_recipe(args, args.recipe)
     if not getattr(args, "out", None):
@@ -133,20 +155,26 @@ def run_encoder_qat_command(args: argparse.Namespace) -> int:
     if os.environ.get("COMPACTLM_THREADS"):
         torch.set_num_threads(int(os.environ["COMPACTLM_THREADS"]))
     config = build_config(args)
-    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    from compactlm.devices import choose_device
+
+    device = choose_device(getattr(args, "device", None))
     task = get_task(config.task)
     progress = not getattr(args, "no_progress", False)
-    with atomic_dir(args.out, overwrite=bool(getattr(args, "overwrite", False))) as tmp:
+    overwrite = bool(getattr(args, "overwrite", False))
+    ckpt = resume_dir(args.out, overwrite)
+    with atomic_dir(args.out, overwrite=overwrite) as tmp:
         teacher, tokenizer = load_model(args.model, head="sequence-classification", num_labels=task.num_labels,
                                         device=device)
         if isinstance(config, SDQConfig):
-            student, report = run_sdq(teacher, tokenizer, config, progress=progress)
+            student, report = run_sdq(teacher, tokenizer, config, progress=progress, checkpoint_dir=ckpt)
         else:
-            student, report = run_encoder_qat(teacher, tokenizer, config, progress=progress)
+            student, report = run_encoder_qat(teacher, tokenizer, config, progress=progress, checkpoint_dir=ckpt)
         extra = {"method": report.get("method", "encoder-qat"), "teacher": str(args.model),
-                 **{k: v for k, v in dataclasses.asdict(config).items()}}
+                 **{k: v for k, v in dataclasses.asdict(config).items()}, "scheme": report["scheme"],
+                 "qat_config": report["qat_config"]}
         save_quantized(student, tokenizer, tmp, extra_config=extra)
         write_json(tmp / "report.json", {"model": str(args.model), **report})
+    shutil.rmtree(ckpt, ignore_errors=True)
     print(f"{config.task} {report['scheme']} {config.loss}: validation acc {report['val_acc']:.4f}, "
           f"test acc {report['test_acc']:.4f} -> {args.out}")
     return 0
@@ -162,7 +190,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recipe", default=None, help="YAML recipe (keys as the flags, _ for -); flags override it")
     p.add_argument("--model", default=None, help="fine-tuned teacher: a `compactlm finetune` run directory")
-    p.add_argument("--scheme", default=None, help="w8a8 (default), w4a8 or w2a8")
+    p.add_argument("--scheme", default=None,
+                   help="quantization scheme (default w8a8-dynamic-actsym: 8-bit symmetric weights per row and "
+                   "dynamic per-tensor activations)")
+    p.add_argument("--quantizer", default=None, help="auto | twn | pact | lsq | minmax (default auto)")
+    p.add_argument("--per", default=None, help="TWN granularity at 2 bits: tensor (default) | channel")
+    p.add_argument("--clip", type=float, default=None, help="symmetric pre-clip of the latent weights (default: none)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 50)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 3 epochs over the train data)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per step (default 32)")
@@ -170,7 +205,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of data order and subsets (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out and its checkpoint")
     add_encoder_arguments(p)
     p.set_defaults(func=_run_sdq, loss="sdq")
 

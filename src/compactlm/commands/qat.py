@@ -31,10 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recipe", help="YAML recipe (keys as the flags below, with _ for -); flags override it")
     p.add_argument("--model", help="teacher and student init: embedded name, folder, hub id (default smollm2-135m)")
-    p.add_argument("--scheme", help="w2a16 (ternary TWN per channel), w4a16, w4a16-g64, w3a16 ... (default w2a16)")
+    p.add_argument("--scheme", help="quantization scheme, as in `compactlm quantize`: w2a16 (ternary TWN per channel), "
+                   "w4a16, w4a16-g64, w4a8-kv8 ... (default w2a16; with --task w2a8-tensor-actsym)")
     p.add_argument("--quantizer", help="auto | twn | pact | lsq | minmax (default auto: twn at 2 bits, minmax above)")
-    p.add_argument("--per", help="TWN granularity: channel | tensor (default channel)")
-    p.add_argument("--clip", type=float, help="TWN symmetric pre-clip of the latent weights (default none)")
+    p.add_argument("--per", help="TWN granularity: channel | tensor (default channel; with --task tensor)")
+    p.add_argument("--clip", type=float, help="symmetric pre-clip of the latent weights for twn / minmax "
+                   "(default none; with --task 2.5, 0 for none)")
     p.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
                    help="also train the full-precision embeddings / lm_head (default: frozen at the teacher's)")
     p.add_argument("--loss", help="gt | kd | kd+gt | tsld | rkl | l2l, or term:weight,... (default tsld = tsld + gt)")
@@ -50,9 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, help="warm-up fraction of the steps (default 0.05)")
     p.add_argument("--schedule", help="linear | cosine | constant (default linear)")
     p.add_argument("--seed", type=int, help="data order and sampling seed (default 0)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 10)")
-    p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its checkpoint)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 10; with --task 50)")
+    p.add_argument("--out", required=True, help="run directory to create; rerun with the same --out to resume")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out and start over (drops its checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     encoder_qat.add_encoder_arguments(p)  # --task and the encoder-only flags
     p.set_defaults(func=run)
@@ -66,6 +68,9 @@ _RECIPE_FLAGS = ("model", "scheme", "quantizer", "per", "clip", "freeze_embeddin
 def run(args: argparse.Namespace) -> int:
     if args.task:
         return int(encoder_qat.run_encoder_qat_command(args) or 0)
+    from compactlm.commands.args import reject_unused
+
+    reject_unused(args, encoder_qat.ENCODER_ONLY, "decoder QAT (no --task)", takes=("--task",))
 
     from compactlm.qat.recipe import QATRecipe
     from compactlm.qat.run import run_qat

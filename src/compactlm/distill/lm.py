@@ -69,7 +69,7 @@ def parse_terms(loss: "str | Sequence | Mapping") -> tuple[tuple[str, float], ..
 
 
 class LMDistillLoss:
-    """``compute_loss(model, batch) -> (loss, parts)`` for :class:`~compactlm.distill.trainer.DistillTrainer`.
+    """``compute_loss(model, batch) -> (loss, parts)`` for :class:`~compactlm.train.Trainer`.
 
     Args:
         teacher: The frozen full-precision model (put in eval mode, no gradients).

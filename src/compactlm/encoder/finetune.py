@@ -2,26 +2,28 @@
 
 Standard recipe (BERT, Devlin et al. 2019): cross-entropy on the labels, AdamW, linear warm-up then
 linear decay, dropout on. The fine-tuned model is the teacher of encoder QAT (§2.2) and SDQ (§2.3)
-and the FP row of the encoder benchmark. Training runs through ``accelerate`` so the same code uses
-a GPU when there is one.
+and the FP row of the encoder benchmark. Training runs on the one trainer
+(:class:`compactlm.train.Trainer`: ``accelerate``, so the same code uses a GPU when there is one;
+checkpoints and exact resume when given a checkpoint directory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from compactlm.data.classification import encode_examples, get_task, iter_batches, load_classification
 from compactlm.errors import CompactLMError
 from compactlm.quant.activation import padding_mask
+from compactlm.train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +35,33 @@ class FinetuneConfig:
     Attributes:
         task: Classification task (``sarcasm``, ``boolq``).
         epochs: Passes over the (possibly limited) train split; fractions allowed.
+        steps: Optimizer steps (``None``: ``epochs`` over the train data).
         lr: Peak AdamW learning rate.
         batch_size: Examples per step.
-        warmup: Fraction of steps of linear warm-up.
+        warmup: Fraction of steps of linear warm-up (formula: :mod:`compactlm.train.trainer`).
         weight_decay: AdamW weight decay (not on biases and norms).
+        max_grad_norm: Gradient-norm clipping (``0``: none, as in the paper recipes).
         max_length: Tokens per example (default: the task's).
         train_limit: Seeded subset of the train split (``None``: all of it).
         eval_limit: Seeded subset of validation and test (``None``: all).
         seed: Seed of the subset, the data order and dropout.
+        checkpoint_every: Steps between checkpoints when the job has a checkpoint directory
+            (``0``: only at the end).
     """
 
     task: str = "sarcasm"
     epochs: float = 1.0
+    steps: int | None = None
     lr: float = 5e-5
     batch_size: int = 32
     warmup: float = 0.1
     weight_decay: float = 0.01
+    max_grad_norm: float = 0.0
     max_length: int | None = None
     train_limit: int | None = None
     eval_limit: int | None = None
     seed: int = 0
+    checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -62,6 +71,20 @@ class FinetuneConfig:
             raise CompactLMError(f"--lr: expected a positive learning rate, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise CompactLMError(f"--warmup: expected a fraction in [0, 1), got {self.warmup}")
+        if self.steps is not None and self.steps < 1:
+            raise CompactLMError(f"--steps: expected a positive number of steps, got {self.steps}")
+
+    def train_config(self, n_train: int) -> TrainConfig:
+        """The trainer settings for ``n_train`` training examples (``steps`` or ``epochs`` of them)."""
+        steps = self.steps or max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup=self.warmup, schedule="linear", max_grad_norm=self.max_grad_norm, seed=self.seed,
+                           checkpoint_every=self.checkpoint_every)
+
+    def job_settings(self) -> dict:
+        """Settings beyond the trainer's that a checkpoint must share to be resumed."""
+        skip = {f.name for f in dataclasses.fields(TrainConfig)} | {"eval_limit", "epochs"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -104,124 +127,62 @@ def check_classifier(model: nn.Module, task: str) -> None:
         raise CompactLMError(f"--model: its head has {n} labels, task {task} has {get_task(task).num_labels}")
 
 
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float):
-    """LambdaLR: linear warm-up over ``warmup · total_steps`` steps, then linear decay to 0."""
-    n_warm = int(warmup * total_steps)
-
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / max(1, n_warm)
-        return max(0.0, (total_steps - step) / max(1, total_steps - n_warm))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the ``(b, T)`` tensors of a batch to its longest example (``labels`` ``(b,)`` untouched)."""
+    t = int(batch["attention_mask"].sum(-1).max())
+    return {k: (v if v.dim() == 1 else v[:, :t]) for k, v in batch.items()}
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; no decay on biases and norm weights (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-
-
-def train_steps(
-    model: nn.Module,
-    train: dict[str, torch.Tensor],
-    step_loss: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    warmup: float,
-    weight_decay: float,
-    seed: int,
-    on_step: Callable[[nn.Module, int, int], None] | None = None,
-    desc: str = "train",
-    progress: bool = True,
-) -> tuple[nn.Module, list[dict[str, float]]]:
-    """The training loop shared by fine-tuning, encoder QAT and SDQ.
-
-    AdamW (:func:`adamw`) with linear warm-up / decay, seeded shuffled passes over ``train`` until
-    ``steps`` optimizer steps, through ``accelerate`` (device from the model). The model's train /
-    eval mode is left as the caller set it.
-
-    Args:
-        model: The trained model.
-        train: Encoded examples (``input_ids``, ``attention_mask``, ``labels``, ... each ``(N, T)`` / ``(N,)``).
-        step_loss: ``batch -> (loss, parts)``: batch tensors already on the model's device.
-        on_step: ``on_step(model, step, steps)`` before each step (e.g. a Quant-Noise schedule).
-
-    Returns:
-        ``(model, history)``: the unwrapped model and, per step, ``parts`` plus ``loss``.
-    """
+def accelerator_for(model: nn.Module):
+    """An ``accelerate.Accelerator`` on the device the model already sits on (CPU stays CPU)."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=model_device(model).type == "cpu")
-    optimizer = adamw(model, lr, weight_decay)
-    scheduler = linear_warmup_decay(optimizer, steps, warmup)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=steps, desc=desc, disable=not progress)
-    while len(history) < steps:
-        for batch in iter_batches(train, batch_size, shuffle=True, generator=gen):
-            if on_step is not None:
-                on_step(model, len(history), steps)
-            loss, parts = step_loss({k: v.to(accelerator.device) for k, v in batch.items()})
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.append({**parts, "loss": float(loss.detach())})
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(h['loss'] for h in history[-20:]) / len(history[-20:]):.4f}")
-            if len(history) >= steps:
-                break
-    bar.close()
-    return accelerator.unwrap_model(model), history
+    return Accelerator(cpu=model_device(model).type == "cpu")
 
 
-def finetune(model: nn.Module, tokenizer, config: FinetuneConfig, progress: bool = True) -> dict:
+def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the classifier logits ``(B, num_labels)`` against ``labels`` ``(B,)``."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with padding_mask(inputs.get("attention_mask")):
+        logits = model(**inputs).logits
+    return F.cross_entropy(logits, batch["labels"]), {}
+
+
+def finetune(model: nn.Module, tokenizer, config: FinetuneConfig, progress: bool = True,
+             checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """Fine-tune ``model`` in place on ``config.task``; returns the report (accuracies, steps, seconds).
 
     Args:
         model: A sequence-classification model with ``num_labels`` of the task.
         tokenizer: Its tokenizer.
         config: Options.
+        checkpoint_dir: Where to keep checkpoints; a checkpoint there (same settings) is resumed.
     """
     check_classifier(model, config.task)
     torch.manual_seed(config.seed)
     train = encode_split(tokenizer, config.task, "train", config.train_limit, config.seed, config.max_length)
     val = encode_split(tokenizer, config.task, "validation", config.eval_limit, 0, config.max_length)
     test = encode_split(tokenizer, config.task, "test", config.eval_limit, 0, config.max_length)
-    steps_per_epoch = math.ceil(len(train["labels"]) / config.batch_size)
-    total = max(1, int(round(config.epochs * steps_per_epoch)))
-
-    def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        labels = batch.pop("labels")
-        return F.cross_entropy(model(**batch).logits, labels), {}
-
+    train_config = config.train_config(len(train["labels"]))
     start = time.perf_counter()
-    model.train()
-    model, history = train_steps(
-        model, train, step_loss, steps=total, lr=config.lr, batch_size=config.batch_size, warmup=config.warmup,
-        weight_decay=config.weight_decay, seed=config.seed, desc=f"finetune {config.task}", progress=progress,
-    )
+    trainer = Trainer(model, classification_loss, train, train_config, checkpoint_dir=checkpoint_dir,
+                      accelerator=accelerator_for(model), progress=progress, collate=trim_padding,
+                      job=config.job_settings(), desc=f"finetune {config.task}")
+    resumed_at = trainer.step
+    history = trainer.train()
+    model = trainer.unwrapped.eval()
     losses = [h["loss"] for h in history]
-    model.eval()
-    train_seconds = time.perf_counter() - start
     report = {
         "task": config.task,
         "train_examples": len(train["labels"]),
-        "steps": total,
+        "steps": train_config.steps,
+        "resumed_at_step": resumed_at,
         "final_train_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
         "val_acc": round(accuracy(model, val), 4),
         "test_acc": round(accuracy(model, test), 4),
         "val_examples": len(val["labels"]),
         "test_examples": len(test["labels"]),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(trainer.seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("finetune %s: val acc %.4f, test acc %.4f", config.task, report["val_acc"], report["test_acc"])

@@ -2,9 +2,9 @@
 
 Kim et al., "Understanding and Improving Knowledge Distillation for Quantization-Aware Training of
 Large Transformer Encoders", EMNLP 2022 (arXiv 2211.11014). The student starts as a copy of the
-teacher, is fake-quantized (:mod:`compactlm.encoder.quantizers`: W2A8 ternary per tensor with
-per-row ternary word embeddings, pre-clip ±2.5, 8-bit symmetric dynamic activations; or W4A8) and
-trained on
+teacher, is fake-quantized with the one training-time fake-quant linear
+(:class:`compactlm.quant.fake.FakeQuantLinear`) under a :class:`~compactlm.quant.QuantScheme` and a
+:class:`~compactlm.quant.fake.QATConfig`, and trained on
 
     L = L_pred + L_hidden + Σ_k c_k · L_k            (no ground-truth term)
 
@@ -16,17 +16,33 @@ trained on
   ``attn-out`` — ``Σ_l MSE(O_S^l, O_T^l)`` on attention sub-layer outputs;
   ``map-out`` — both map and output terms (c_map = c_out = 1, the authors' default).
 
+The paper setting (the defaults of :class:`EncoderQATConfig`, also :data:`ENCODER_QAT`):
+
+* scheme ``w2a8-tensor-actsym``: ternary weights, 8-bit *symmetric* dynamic per-tensor input
+  activations of every block linear (``s = max|x| / 127`` over the real tokens); ``w4a8-sym-tensor-actsym``
+  for 4-bit symmetric weights per row (the W4A8 rows), ``w8a8-dynamic-actsym`` for SDQ;
+* TWN ternary *per tensor* for the linears (``per="tensor"``), TWN *per row* for the word embeddings
+  (``embeddings=True``), symmetric min/max per row at 4 / 8 bits;
+* pre-clip ``W_c = clamp(W, ±2.5)`` of the latent weights (``clip=2.5``; none at 8 bits in the
+  benchmark and SDQ);
+* Quant-Noise form of the STE (``noise_share=1``, every block quantized; SDQ schedules the share);
+* straight-through gradient to ``W_c``; the pooler and classifier stay full precision (0.15 M of the
+  22.7 M MiniLM parameters), as do position / token-type embeddings and LayerNorms.
+
+Every layer converts to a :class:`~compactlm.quant.QuantLinear` (ternary: codes {−1, 0, 1} on the
+signed 2-bit grid, scale ``α``); the word embeddings are written back as their dequantized values.
+Training runs on :class:`compactlm.train.Trainer` with dropout off (eval mode) in student and teacher.
+
 Loss terms are data (:data:`VARIANTS`: ``(term, weight)`` pairs); each term is a pure function of the
-student / teacher :class:`KDOutputs`. The pooler and classifier stay full precision (0.15 M of the
-22.7 M MiniLM parameters); record of other choices in :mod:`compactlm.encoder.quantizers`.
+student / teacher :class:`KDOutputs`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-import math
-import time
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,29 +59,44 @@ from compactlm.distill.attention_losses import (
 from compactlm.distill.losses import hidden_state_mse, logit_kd
 from compactlm.encoder.finetune import (
     FinetuneConfig,
+    accelerator_for,
     accuracy,
     check_classifier,
     encode_split,
-    train_steps,
-)
-from compactlm.encoder.quantizers import (
-    EncoderScheme,
-    FakeQuantEmbedding,
-    FakeQuantLinear,
-    parse_encoder_scheme,
+    trim_padding,
 )
 from compactlm.errors import CompactLMError
 from compactlm.models.attention import AttentionCapture
 from compactlm.models.specs import get_blocks, get_module, get_spec, set_module
 from compactlm.quant.activation import padding_mask
+from compactlm.quant.fake import (
+    QATConfig,
+    convert_fake_quant,
+    fake_quant_embedding,
+    fake_quant_linear,
+    fake_quant_modules,  # noqa: F401  (re-exported: the encoder's fake-quant modules)
+    set_noise_share,  # noqa: F401  (re-exported: SDQ's schedule)
+)
+from compactlm.quant.scheme import QuantScheme
+from compactlm.train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
+ENCODER_QAT = QATConfig(quantizer="auto", per="tensor", clip=2.5, embeddings=True, noise_share=1.0)
+"""The paper's QAT config of encoders (module docstring); :class:`EncoderQATConfig` defaults to it."""
+
 
 # ---- preparing and converting ------------------------------------------------------------------
-def prepare_encoder_qat(model: nn.Module, scheme: "str | EncoderScheme") -> nn.Module:
-    """Replace every block linear (and the word embeddings) by a fake-quantized module, in place."""
-    scheme = parse_encoder_scheme(scheme)
+def prepare_encoder_qat(model: nn.Module, scheme: "str | QuantScheme", config: QATConfig = ENCODER_QAT) -> nn.Module:
+    """Replace every block linear (and, with ``config.embeddings``, the word embeddings) by a
+    fake-quantized module, in place.
+
+    Args:
+        model: A BERT-like encoder with an ``ArchSpec``.
+        scheme: Scheme string or :class:`~compactlm.quant.QuantScheme` (``w2a8-tensor-actsym``...).
+        config: Weight quantizer, TWN granularity, pre-clip, embeddings, Quant-Noise.
+    """
+    scheme = QuantScheme.parse(scheme)
     spec = get_spec(model)
     if spec.kind != "encoder":
         raise CompactLMError(f"--model: encoder QAT needs a BERT-like encoder, got a {spec.kind}")
@@ -73,37 +104,21 @@ def prepare_encoder_qat(model: nn.Module, scheme: "str | EncoderScheme") -> nn.M
         for name in spec.linears:
             module = get_module(block, name)
             if isinstance(module, nn.Linear):
-                set_module(block, name, FakeQuantLinear(module, scheme))
-    if scheme.embeddings and isinstance(model.get_input_embeddings(), nn.Embedding):
-        model.set_input_embeddings(FakeQuantEmbedding(model.get_input_embeddings(), scheme))
+                is_kv = name in spec.kv_proj
+                set_module(block, name, fake_quant_linear(module.weight, module.bias, scheme, config, is_kv=is_kv))
+    if config.embeddings and isinstance(model.get_input_embeddings(), nn.Embedding):
+        model.set_input_embeddings(fake_quant_embedding(model.get_input_embeddings(), scheme, config))
     return model
 
 
-def fake_quant_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))]
-
-
-def set_noise_share(model: nn.Module, share: float) -> None:
-    """Quant-Noise share ``p`` of every fake-quantized module (1 = all blocks quantized)."""
-    for m in fake_quant_modules(model):
-        m.noise_share = share
-
-
-@torch.no_grad()
 def convert_encoder_qat(model: nn.Module) -> nn.Module:
-    """Freeze a prepared model onto the integer grid: ``QuantLinear`` per linear, ternary embeddings."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, FakeQuantLinear):
-            set_module(model, name, module.to_quant_linear())
-    emb = model.get_input_embeddings()
-    if isinstance(emb, FakeQuantEmbedding):
-        model.set_input_embeddings(emb.to_embedding())
-    return model
+    """Freeze a prepared model onto the integer grid: ``QuantLinear`` per linear, quantized embeddings."""
+    return convert_fake_quant(model)
 
 
-def ptq_encoder(model: nn.Module, scheme: "str | EncoderScheme") -> nn.Module:
+def ptq_encoder(model: nn.Module, scheme: "str | QuantScheme", config: QATConfig = ENCODER_QAT) -> nn.Module:
     """Round-to-nearest baseline: the same quantizers without training (prepare then convert)."""
-    return convert_encoder_qat(prepare_encoder_qat(model, scheme))
+    return convert_encoder_qat(prepare_encoder_qat(model, scheme, config))
 
 
 # ---- loss terms ----------------------------------------------------------------------------------
@@ -161,7 +176,8 @@ def kd_forward(model: nn.Module, batch: dict, needs: set[str], detach: bool = Fa
     """Forward ``model`` on ``batch`` capturing what the ``needs`` terms read."""
     want_hidden = "hidden" in needs
     with AttentionCapture(
-        model, probs="attn_map" in needs, scores="attn_score" in needs, outputs="attn_out" in needs, detach=detach
+        getattr(model, "module", model),  # DDP: capture on the wrapped model, call the wrapper
+        probs="attn_map" in needs, scores="attn_score" in needs, outputs="attn_out" in needs, detach=detach,
     ) as cap, padding_mask(batch.get("attention_mask")):
         out = model(**batch, output_hidden_states=want_hidden)
     keep = (lambda xs: [x.detach() for x in xs]) if detach else list
@@ -191,70 +207,90 @@ def kd_loss(
 class EncoderQATConfig(FinetuneConfig):
     """Options of encoder QAT (and SDQ, which adds its own in :mod:`compactlm.encoder.sdq`).
 
-    Those of :class:`~compactlm.encoder.finetune.FinetuneConfig` (task, lr, batch size, warm-up,
-    max length, train / eval limits, seed; paper: 3 epochs, LR 2e-5, warm-up 0.1, batch 32) plus:
+    Those of :class:`~compactlm.encoder.finetune.FinetuneConfig` (task, steps / epochs, lr, batch
+    size, warm-up, max length, train / eval limits, seed; paper: 3 epochs, LR 2e-5, warm-up 0.1,
+    batch 32) plus the scheme, the :class:`~compactlm.quant.fake.QATConfig` fields and the loss:
 
     Attributes:
-        scheme: ``w2a8``, ``w4a8`` or ``w8a8`` (:data:`~compactlm.encoder.quantizers.ENCODER_SCHEMES`).
+        scheme: Quantization scheme (:mod:`compactlm.quant.scheme` grammar), e.g.
+            ``w2a8-tensor-actsym`` (the paper's W2A8), ``w4a8-sym-tensor-actsym``.
+        quantizer: Weight quantizer (``auto``: TWN at 2 bits, min/max otherwise; ``twn``, ``pact``,
+            ``lsq``, ``minmax``).
+        per: TWN granularity of the linears: ``tensor`` (paper) or ``channel`` / ``row``.
+        clip: Symmetric pre-clip of the latent weights (``None``: none).
+        embeddings: Quantize the word embeddings (per row).
         loss: KD variant (:data:`VARIANTS`).
-        steps: Optimizer steps (``None``: ``epochs`` over the train data).
     """
 
     epochs: float = 3.0
     lr: float = 2e-5
-    scheme: str = "w2a8"
+    weight_decay: float = 0.0
+    scheme: str = "w2a8-tensor-actsym"
+    quantizer: str = ENCODER_QAT.quantizer
+    per: str = ENCODER_QAT.per
+    clip: float | None = ENCODER_QAT.clip
+    embeddings: bool = ENCODER_QAT.embeddings
     loss: str = "attn-map"
-    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        QuantScheme.parse(self.scheme)
+        self.qat_config()
+
+    def qat_config(self) -> QATConfig:
+        """The :class:`~compactlm.quant.fake.QATConfig` of the student (Quant-Noise form, share 1)."""
+        return dataclasses.replace(ENCODER_QAT, quantizer=self.quantizer, per=self.per, clip=self.clip,
+                                   embeddings=self.embeddings)
 
 
-def distill_loop(
+def kd_qat(
     student: nn.Module,
     teacher: nn.Module,
     train: dict[str, torch.Tensor],
     terms: tuple[tuple[str, float], ...],
+    config: TrainConfig,
     *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    warmup: float,
-    seed: int,
     on_step: Callable[[nn.Module, int, int], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    job: dict | None = None,
     desc: str = "qat",
     progress: bool = True,
-) -> list[dict[str, float]]:
-    """Train ``student`` to match ``teacher`` on ``train`` batches; returns per-step loss parts.
+) -> Trainer:
+    """Train ``student`` to match ``teacher`` on ``train`` on the one trainer; returns the trainer.
 
-    ``on_step(student, step, total)`` runs before each step (SDQ's Quant-Noise schedule). Runs through
-    ``accelerate`` (device from the student). Dropout is off in both models: the quantization
-    noise is the regulariser, and teacher targets stay deterministic.
+    ``on_step(student, step, total)`` runs before each step (SDQ's Quant-Noise schedule). Dropout is
+    off in both models (``train_mode=False``): the quantization noise is the regulariser, and teacher
+    targets stay deterministic. Attention maps need eager attention: the models' attention
+    implementation (and the teacher's train / eval mode) are restored afterwards, also on failure.
+    A checkpoint in ``checkpoint_dir`` with the same ``config`` and ``job`` is resumed.
     """
     needs = {name for name, _ in terms}
     teacher_training = teacher.training
     attn = {id(m): (m, m.config._attn_implementation) for m in (teacher, student)}
     teacher.eval()
-    student.requires_grad_(True).eval()  # no dropout; autograd is unaffected
+    student.requires_grad_(True)
     try:
         if "attn_map" in needs:  # attention maps need eager attention (same function as SDPA)
             for m, _ in attn.values():
                 m.set_attn_implementation("eager")
 
-        def step_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        def compute_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
             batch = {k: v for k, v in batch.items() if k != "labels"}  # no ground-truth term
             with torch.no_grad():
                 t_out = kd_forward(teacher, batch, needs, detach=True)
-            s_out = kd_forward(student, batch, needs)
+            s_out = kd_forward(model, batch, needs)
             return kd_loss(terms, s_out, t_out, batch["attention_mask"])
 
-        _, history = train_steps(
-            student, train, step_loss, steps=steps, lr=lr, batch_size=batch_size, warmup=warmup, weight_decay=0.0,
-            seed=seed, on_step=on_step, desc=desc, progress=progress,
-        )
+        trainer = Trainer(student, compute_loss, train, config, checkpoint_dir=checkpoint_dir,
+                          accelerator=accelerator_for(student), progress=progress, extra_modules=(teacher,),
+                          on_step=on_step, collate=trim_padding, train_mode=False, job=job, desc=desc)
+        trainer.train()
     finally:  # the caller's models keep their attention implementation (and the teacher its mode)
         for m, impl in attn.values():
             if m.config._attn_implementation != impl:
                 m.set_attn_implementation(impl)
         teacher.train(teacher_training)
-    return history
+    return trainer
 
 
 def _mean_tail(history: list[dict[str, float]], n: int = 10) -> dict[str, float]:
@@ -267,37 +303,39 @@ def run_encoder_qat(
     terms: tuple[tuple[str, float], ...] | None = None,
     on_step: Callable[[nn.Module, int, int], None] | None = None,
     eval_splits: tuple[str, ...] = ("validation", "test"),
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, dict]:
     """Quantize a copy of ``teacher`` with KD-QAT; returns ``(converted student, report)``.
 
-    The teacher's weights are left untouched. The report holds the accuracy of the converted
-    (integer-grid) student on ``eval_splits``, the loss at the start and end, steps and seconds.
+    The teacher's weights are left untouched. The report holds the canonical scheme name, the QAT
+    config, the accuracy of the converted (integer-grid) student on ``eval_splits``, the loss at the
+    start and end, steps and seconds. With ``checkpoint_dir``, a checkpoint there (same settings)
+    is resumed and checkpoints are written every ``config.checkpoint_every`` steps.
     """
     check_classifier(teacher, config.task)
-    scheme = parse_encoder_scheme(config.scheme)
+    scheme = QuantScheme.parse(config.scheme)
     terms = terms or resolve_terms(config.loss)
     torch.manual_seed(config.seed)
     train = encode_split(tokenizer, config.task, "train", config.train_limit, config.seed, config.max_length)
-    steps = config.steps or max(1, math.ceil(config.epochs * len(train["labels"]) / config.batch_size))
-    student = prepare_encoder_qat(copy.deepcopy(teacher), scheme)
-    start = time.perf_counter()
-    history = distill_loop(
-        student, teacher, train, terms, steps=steps, lr=config.lr, batch_size=config.batch_size,
-        warmup=config.warmup, seed=config.seed, on_step=on_step, desc=f"qat {scheme.name} {config.loss}",
-        progress=progress,
-    )
-    train_seconds = time.perf_counter() - start
-    student = convert_encoder_qat(student).eval()
+    train_config = config.train_config(len(train["labels"]))
+    student = prepare_encoder_qat(copy.deepcopy(teacher), scheme, config.qat_config())
+    job = {**config.job_settings(), "scheme": scheme.name, "terms": [list(t) for t in terms]}
+    trainer = kd_qat(student, teacher, train, terms, train_config, on_step=on_step, checkpoint_dir=checkpoint_dir,
+                     job=job, desc=f"qat {scheme.name} {config.loss}", progress=progress)
+    history = trainer.history
+    student = convert_encoder_qat(trainer.unwrapped).eval()
     report = {
         "task": config.task,
         "scheme": scheme.name,
+        "qat_config": dataclasses.asdict(config.qat_config()),
         "loss": config.loss,
         "terms": [list(t) for t in terms],
-        "steps": steps,
+        "steps": train_config.steps,
         "train_examples": len(train["labels"]),
+        "resumed_at_step": trainer.resumed_at,
         "loss_start": _mean_tail(history[:10]),
         "loss_end": _mean_tail(history),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(trainer.seconds, 1),
         **evaluate_classifier(student, tokenizer, config.task, config.eval_limit, config.max_length, eval_splits),
     }
     return student, report

@@ -2,21 +2,24 @@
 
 The student (a copy of the fine-tuned FP teacher) is trained with Quant-Noise (Fan et al., 2020):
 on each step only a random share ``p`` of its weight blocks is replaced by the 8-bit quantized
-value (:func:`compactlm.encoder.quantizers.fake_quant_weight`), ``p`` rising linearly from
+value (:func:`compactlm.quant.fake.quant_noise`), ``p`` rising linearly from
 ``p_start`` to 1 over the first ``ramp`` fraction of the steps and staying at 1 after, so training
 ends fully quantized. It is distilled from the teacher on the output and on every self-attention
 layer. The paper gives no exact weights; compactlm adopts
 
     L = KL(softmax(z_T) ‖ softmax(z_S)) + β · Σ_l mean_{b,h} (1/T) Σ_i KL(A_T^l[i,:] ‖ A_S^l[i,:])
 
-with :func:`compactlm.distill.attention_losses.attention_map_kl` and ``β = 1``. Activations are
-8-bit symmetric dynamic per tensor (W8A8) throughout; the result converts onto the integer grid.
+with :func:`compactlm.distill.attention_losses.attention_map_kl` and ``β = 1``. Scheme
+``w8a8-dynamic-actsym``: 8-bit symmetric weights per row (no pre-clip), 8-bit symmetric dynamic
+per-tensor activations throughout; the result converts onto the integer grid. The schedule runs as
+the trainer's ``on_step`` hook, so a resumed run continues it where it stopped.
 Works for any BERT-like encoder with an :class:`~compactlm.models.specs.ArchSpec` (BERT, XLM-R).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from torch import nn
@@ -50,7 +53,8 @@ class SDQConfig(EncoderQATConfig):
         ramp: Fraction of the steps over which the share reaches 1.
     """
 
-    scheme: str = "w8a8"
+    scheme: str = "w8a8-dynamic-actsym"
+    clip: float | None = None
     loss: str = "sdq"
     beta: float = 1.0
     p_start: float = 0.1
@@ -64,7 +68,7 @@ def sdq_terms(config: SDQConfig) -> tuple[tuple[str, float], ...]:
 
 def run_sdq(
     teacher: nn.Module, tokenizer, config: SDQConfig, progress: bool = True,
-    eval_splits: tuple[str, ...] = ("validation", "test"),
+    eval_splits: tuple[str, ...] = ("validation", "test"), checkpoint_dir: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, dict]:
     """SDQ-quantize a copy of ``teacher``; returns ``(converted student, report)`` (see ``run_encoder_qat``)."""
     quant_noise_share(0, 1, config.p_start, config.ramp)  # validates the schedule options
@@ -74,7 +78,8 @@ def run_sdq(
         set_noise_share(student, quant_noise_share(step, total, config.p_start, config.ramp))
 
     student, report = run_encoder_qat(
-        teacher, tokenizer, config, progress=progress, terms=terms, on_step=on_step, eval_splits=eval_splits
+        teacher, tokenizer, config, progress=progress, terms=terms, on_step=on_step, eval_splits=eval_splits,
+        checkpoint_dir=checkpoint_dir,
     )
     report.update(method="sdq", **{k: v for k, v in dataclasses.asdict(config).items() if k in ("beta", "p_start", "ramp")})
     return student, report

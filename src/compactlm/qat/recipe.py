@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from compactlm.distill.lm import parse_terms
-from compactlm.distill.trainer import TrainConfig
+from compactlm.train import TrainConfig
 from compactlm.errors import CompactLMError
-from compactlm.qat.prepare import QATConfig
+from compactlm.quant.fake import QATConfig
 
 
 @dataclass
@@ -46,7 +46,7 @@ class QATRecipe(TrainConfig):
         data: Training corpus (``compactlm.data.load_texts`` source).
         samples: Training windows drawn from ``data``.
         seq_len: Tokens per window.
-        steps, batch_size, grad_accum, lr, ...: inherited :class:`~compactlm.distill.trainer.TrainConfig`
+        steps, batch_size, grad_accum, lr, ...: inherited :class:`~compactlm.train.TrainConfig`
             fields (checkpoints every 10 steps by default).
     """
 
@@ -74,6 +74,11 @@ class QATRecipe(TrainConfig):
     def train_config(self) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def job_settings(self) -> dict[str, Any]:
+        """The settings beyond :class:`TrainConfig` a checkpoint must share to be resumed."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return {k: v for k, v in self.to_dict().items() if k not in names}
 
     def qat_config(self) -> QATConfig:
         return QATConfig(quantizer=self.quantizer, per=self.per, clip=self.clip)

@@ -1,7 +1,7 @@
 """``run_qat``: QAT with distillation of a generative LM end to end (the ``compactlm qat`` command).
 
 Teacher = the full-precision model; student = a copy prepared with :func:`~compactlm.qat.prepare_qat`;
-trained by :class:`~compactlm.distill.trainer.DistillTrainer` on :class:`~compactlm.distill.lm.LMDistillLoss`;
+trained by :class:`~compactlm.train.Trainer` on :class:`~compactlm.distill.lm.LMDistillLoss`;
 baked with :func:`~compactlm.qat.convert_qat`; written like ``compactlm quantize`` writes a run:
 ``<out>/model`` + ``quantization.json`` + ``quant_state.safetensors`` (so ``load_model(out)`` and
 ``compactlm export`` work), ``config.json`` (the recipe), ``report.json`` (loss history, time).
@@ -13,6 +13,7 @@ a rerun with the same recipe resumes from there (deleted once the run directory 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import shutil
 import time
@@ -21,8 +22,7 @@ from pathlib import Path
 import torch
 
 from compactlm.distill.lm import LMDistillLoss, parse_terms
-from compactlm.distill.trainer import DistillTrainer
-from compactlm.errors import CompactLMError
+from compactlm.train import Trainer, resume_dir
 from compactlm.qat.prepare import convert_qat, fake_quant_state, prepare_qat
 from compactlm.qat.recipe import QATRecipe
 from compactlm.quant.scheme import QuantScheme
@@ -38,11 +38,6 @@ def training_tokens(tokenizer, recipe: QATRecipe, vocab_size: int) -> torch.Tens
     from compactlm.data import token_samples
 
     return token_samples(tokenizer, recipe.data, n=recipe.samples, seq_len=recipe.seq_len, seed=recipe.seed)
-
-
-def checkpoint_dir_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.parent / f"{out.name}.ckpt"
 
 
 def run_qat(
@@ -79,11 +74,7 @@ def run_qat(
 
     recipe = (recipe or QATRecipe()).replace(**overrides)
     scheme = QuantScheme.parse(recipe.scheme)
-    if out is not None and Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
-        raise CompactLMError(f"--out: {out} already exists; choose another path or pass --overwrite")
-    ckpt = None if out is None else checkpoint_dir_for(out)
-    if ckpt is not None and overwrite:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt = None if out is None else resume_dir(out, overwrite)
     torch.manual_seed(recipe.seed)
     if teacher is None:
         teacher, tokenizer = load_model(recipe.model)
@@ -94,9 +85,9 @@ def run_qat(
                 emb.requires_grad_(False)
     data = training_tokens(tokenizer, recipe, teacher.config.vocab_size)
     objective = LMDistillLoss(teacher, parse_terms(recipe.loss), recipe.temperature, recipe.tsld_tau)
-    trainer = DistillTrainer(student, objective, data, recipe.train_config(), checkpoint_dir=ckpt,
-                             accelerator=accelerator, progress=progress, extra_modules=(teacher,))
-    resumed_at = trainer.step
+    trainer = Trainer(student, objective, data, recipe.train_config(), checkpoint_dir=ckpt,
+                      accelerator=accelerator, progress=progress, extra_modules=(teacher,),
+                      job=recipe.job_settings(), desc=f"qat {scheme.name}")
     t0 = time.perf_counter()
     history = trainer.train()
     student = trainer.unwrapped.eval()
@@ -109,11 +100,12 @@ def run_qat(
         "model": recipe.model,
         "loss_terms": [list(t) for t in parse_terms(recipe.loss)],
         "quantizer": recipe.qat_config().resolve(scheme),
+        "qat_config": dataclasses.asdict(recipe.qat_config()),
         "steps": recipe.steps,
         "tokens_per_step": recipe.batch_size * recipe.grad_accum * recipe.seq_len,
         "train_tokens": recipe.steps * recipe.batch_size * recipe.grad_accum * recipe.seq_len,
         "processes": trainer.accelerator.num_processes,
-        "resumed_at_step": resumed_at,
+        "resumed_at_step": trainer.resumed_at,
         "seconds": round(trainer.seconds, 2),
         "seconds_this_run": round(time.perf_counter() - t0, 2),
         "final_loss_mean_last10": {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k not in ("step", "lr")},
@@ -123,7 +115,8 @@ def run_qat(
     if out is not None and trainer.accelerator.is_main_process:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             save_quantized(student, tokenizer, tmp, extra_config={"method": "qat", "scheme": scheme.name})
-            write_json(tmp / "config.json", {"command": "qat", "recipe": recipe.to_dict(), "scheme_fields": scheme.to_dict()})
+            write_json(tmp / "config.json", {"command": "qat", "recipe": recipe.to_dict(), "scheme_fields": scheme.to_dict(),
+                                             "qat_config": report["qat_config"]})
             write_json(tmp / "report.json", report)
         shutil.rmtree(ckpt, ignore_errors=True)
     if out is not None:

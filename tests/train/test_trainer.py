@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compactlm.distill.lm import LMDistillLoss, parse_terms
-from compactlm.distill.trainer import DistillTrainer, TrainConfig, lr_lambda
+from compactlm.train import Trainer, TrainConfig, lr_lambda
 from compactlm.errors import CompactLMError
 from compactlm.models.tiny import tiny_model
 from compactlm.qat import prepare_qat
@@ -33,7 +33,7 @@ def _setup(loss="tsld", scheme="w2a16"):
 def test_few_steps_lower_the_loss(loss):
     teacher, student, data = _setup()
     cfg = TrainConfig(steps=12, batch_size=4, lr=3e-4, warmup=0.0, schedule="constant")
-    hist = DistillTrainer(student, LMDistillLoss(teacher, loss), data, cfg, progress=False).train()
+    hist = Trainer(student, LMDistillLoss(teacher, loss), data, cfg, progress=False).train()
     first = sum(h["loss"] for h in hist[:3]) / 3
     last = sum(h["loss"] for h in hist[-3:]) / 3
     assert last < first, (loss, first, last)
@@ -43,14 +43,14 @@ def test_few_steps_lower_the_loss(loss):
 def test_checkpoint_resume_continues_identically(tmp_path):
     cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=2e-3, warmup=0.2, schedule="cosine")
     teacher, student, data = _setup()
-    full = DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, progress=False).train()
+    full = Trainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, progress=False).train()
 
     teacher, student, data = _setup()
-    t1 = DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    t1 = Trainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
     t1.train(stop_after=3)
     assert (tmp_path / "checkpoint.pt").exists()
     teacher, student2, data = _setup()  # a fresh process would start from the FP weights again
-    t2 = DistillTrainer(student2, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+    t2 = Trainer(student2, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
     assert t2.step == 3
     resumed = t2.train()
     assert [h["step"] for h in resumed] == list(range(1, 7))
@@ -59,7 +59,7 @@ def test_checkpoint_resume_continues_identically(tmp_path):
     # other settings on the same checkpoint are refused
     teacher, student3, data = _setup()
     with pytest.raises(CompactLMError, match="lr"):
-        DistillTrainer(student3, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=6, batch_size=4, grad_accum=2,
+        Trainer(student3, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=6, batch_size=4, grad_accum=2,
                        lr=1e-3, warmup=0.2, schedule="cosine"), checkpoint_dir=tmp_path, progress=False)
 
 
@@ -76,14 +76,14 @@ class _Payload:
 def test_checkpoint_is_loaded_without_executing_code(tmp_path):
     teacher, student, data = _setup()
     cfg = TrainConfig(steps=2, batch_size=4)
-    DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False).train()
+    Trainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False).train()
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain types only
     marker = tmp_path / "code-ran"
     state["history"] = [_Payload(marker)]
     torch.save(state, tmp_path / "checkpoint.pt")
     teacher, student, data = _setup()
     with pytest.raises(CompactLMError, match="checkpoint: cannot load .*checkpoint.pt") as info:
-        DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
+        Trainer(student, LMDistillLoss(teacher, "tsld"), data, cfg, checkpoint_dir=tmp_path, progress=False)
     assert not marker.exists()
     assert "\n" not in str(info.value)
 
@@ -92,7 +92,7 @@ def test_truncated_checkpoint_is_one_line_error(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     teacher, student, data = _setup()
     with pytest.raises(CompactLMError, match="checkpoint: cannot load") as info:
-        DistillTrainer(student, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=2, batch_size=4),
+        Trainer(student, LMDistillLoss(teacher, "tsld"), data, TrainConfig(steps=2, batch_size=4),
                        checkpoint_dir=tmp_path, progress=False)
     assert "\n" not in str(info.value)
 

@@ -1,10 +1,24 @@
-"""Teacher → student training loop on ``accelerate``: loss-term hook, accumulation, LR schedule,
-atomic checkpoints and exact resume.
+"""The one training loop of compactlm, on ``accelerate``: loss hook, accumulation, clipping, LR
+schedule, atomic checkpoints and exact resume, DDP.
 
-The trainer knows nothing about quantization or teachers: it optimizes the trainable parameters of
-``model`` against ``compute_loss(model, batch) -> (loss, parts)`` where ``parts`` maps term names
-to (detached) values for logging. Distillation objectives (:class:`compactlm.distill.lm.LMDistillLoss`
-for causal LMs; the encoder QAT's own) close over their frozen teacher.
+Every training job runs on :class:`Trainer` — decoder QAT (:mod:`compactlm.qat.run`), encoder
+fine-tuning (:mod:`compactlm.encoder.finetune`), encoder KD-QAT (:mod:`compactlm.encoder.qat`) and SDQ
+(:mod:`compactlm.encoder.sdq`) — differing only in ``compute_loss``, data and hooks. The trainer
+knows nothing about quantization or teachers: it optimizes the trainable parameters of ``model``
+against ``compute_loss(model, batch) -> (loss, parts)`` where ``parts`` maps term names to
+(detached) values for logging. Distillation objectives (:class:`compactlm.distill.lm.LMDistillLoss`
+for causal LMs; the encoder QAT's own) close over their frozen teacher. Hooks: ``on_step(model,
+step, total)`` runs before each optimizer step (SDQ's Quant-Noise schedule); ``collate(batch)``
+shapes each micro-batch (the encoders trim padding); ``train_mode=False`` trains with the model in
+eval mode (no dropout: encoder KD-QAT).
+
+Optimizer: AdamW; weight decay only on tensors of 2 or more dimensions (matrices), never on biases
+and norm weights. Schedule (:func:`lr_lambda`): with ``W = int(warmup · steps)`` warm-up steps,
+the LR multiplier at step ``k`` (0-based) is ``(k + 1) / (W + 1)`` for ``k < W`` (linear, the peak
+not reached), then ``1 − (k − W) / (steps − W)`` (linear decay, from the peak at ``k = W``),
+``½(1 + cos(π·(k − W)/(steps − W)))`` (cosine) or 1 (constant). (Encoder training used
+``(k + 1) / W`` during warm-up before the trainers were merged: its warm-up LRs are now
+``W / (W + 1)`` of what they were; the decay is unchanged.)
 
 Data is a tensor (or dict of tensors) with ``N`` examples on the first axis. Step ``k`` uses
 micro-batches ``k·A .. k·A + A − 1`` (``A`` = accumulation) of a seeded per-epoch permutation; a
@@ -16,8 +30,10 @@ Runs unchanged under ``accelerate launch --num_processes P [--cpu]`` (DDP; with 
 config the model is sharded by ``accelerator.prepare``).
 
 Checkpoint (main process, every ``checkpoint_every`` steps and at the end): ``<dir>/checkpoint.pt``
-with the model's trainable state, optimizer, scheduler, step, loss history and RNG state, written to
-a temporary file and renamed (atomic).
+with the model's trainable state, optimizer, scheduler, step, loss history, the job's settings and
+RNG state (CPU, and CUDA when used), written to a temporary file and renamed (atomic); loaded with
+``weights_only=True`` (no code runs). A trainer built with the same settings on the same directory
+resumes where the checkpoint left off and ends on the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -40,7 +56,35 @@ from compactlm.errors import CompactLMError
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], "tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]"]
+StepHook = Callable[[nn.Module, int, int], None]
 CHECKPOINT = "checkpoint.pt"
+
+
+def checkpoint_dir_for(out: str | os.PathLike) -> Path:
+    """Where a job writing the run directory ``out`` keeps its checkpoints: ``<out>.ckpt/`` beside it
+    (``out`` itself appears atomically at the end, then the checkpoint directory is removed)."""
+    out = Path(out)
+    return out.parent / f"{out.name}.ckpt"
+
+
+def resume_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The checkpoint directory of a job about to write ``out``: resumed from when it exists.
+
+    ``overwrite`` discards it (the run starts over); without it an existing, non-empty ``out``
+    (a finished run) is refused before any work is done.
+
+    Raises:
+        CompactLMError: ``out`` exists and ``overwrite`` is not set.
+    """
+    import shutil
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CompactLMError(f"--out: {out} already exists; choose another path or pass --overwrite")
+    ckpt = checkpoint_dir_for(out)
+    if overwrite:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return ckpt
 
 
 @dataclass
@@ -52,8 +96,8 @@ class TrainConfig:
         batch_size: Global examples per micro-batch (split across processes).
         grad_accum: Micro-batches per optimizer step.
         lr: Peak learning rate (AdamW).
-        weight_decay: AdamW weight decay.
-        warmup: Fraction of steps of linear warm-up.
+        weight_decay: AdamW weight decay (matrices only; biases and norms get none).
+        warmup: Fraction of steps of linear warm-up (module docstring: the formula).
         schedule: ``"linear"`` / ``"cosine"`` decay to 0 after warm-up, or ``"constant"``.
         max_grad_norm: Gradient clipping (``0``: none).
         seed: Data order and initialization seed.
@@ -84,7 +128,8 @@ class TrainConfig:
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of the peak LR at step ``k``: linear warm-up, then linear/cosine decay or constant."""
+    """Multiplier of the peak LR at step ``k``: linear warm-up, then linear/cosine decay or constant
+    (the formula is in the module docstring)."""
     warm = int(config.warmup * config.steps)
 
     def f(step: int) -> float:
@@ -110,6 +155,17 @@ def _take(data, idx: torch.Tensor):
     return {"input_ids": data[idx]}
 
 
+def _plain(value):
+    """``value`` as JSON-like plain types (tuples → lists), the form a checkpoint stores and compares."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 def load_checkpoint_state(path: Path) -> dict:
     """Read a trainer checkpoint without executing code (``weights_only``: tensors and plain types).
 
@@ -130,11 +186,26 @@ def load_checkpoint_state(path: Path) -> dict:
     return state
 
 
-class DistillTrainer:
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no decay on biases and norm weights (1-D tensors).
+
+    Raises:
+        CompactLMError: ``model`` has no trainable parameter.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CompactLMError("model: no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+class Trainer:
     """Train ``model`` on ``compute_loss`` over ``data``.
 
     Args:
-        model: The student (its ``requires_grad`` parameters are optimized).
+        model: The model trained (its ``requires_grad`` parameters are optimized).
         compute_loss: ``(model, batch) -> (loss, parts)``; ``batch`` is a dict of tensors on the device.
         data: ``LongTensor [N, T]`` token ids (becomes ``{"input_ids": ...}``) or a dict of ``[N, ...]`` tensors.
         config: :class:`TrainConfig`.
@@ -142,15 +213,28 @@ class DistillTrainer:
         accelerator: An ``accelerate.Accelerator`` (a default one is created).
         progress: Show a tqdm bar (main process only).
         extra_modules: Modules whose state follows the model's device but is not trained (the teacher).
+        on_step: ``on_step(model, step, total)`` before each optimizer step (``model`` unwrapped).
+        collate: ``collate(batch) -> batch`` applied to each micro-batch before it moves to the device.
+        train_mode: Put the model in train mode (dropout on); ``False``: eval mode, gradients still flow.
+        job: The job's own settings (scheme, loss, task, ...): saved in the checkpoint, and a
+            checkpoint with other settings is not resumed.
+        desc: Progress-bar label.
     """
 
     def __init__(self, model: nn.Module, compute_loss: LossFn, data, config: TrainConfig,
                  checkpoint_dir: str | os.PathLike | None = None, accelerator=None, progress: bool = True,
-                 extra_modules: tuple[nn.Module, ...] = ()):
+                 extra_modules: tuple[nn.Module, ...] = (), on_step: StepHook | None = None,
+                 collate: Callable[[dict], dict] | None = None, train_mode: bool = True,
+                 job: Mapping | None = None, desc: str = "train"):
         from accelerate import Accelerator
 
         config.validate()
         self.config = config
+        self.on_step = on_step
+        self.collate = collate
+        self.train_mode = train_mode
+        self.job = _plain(dict(job or {}))
+        self.desc = desc
         self.accelerator = accelerator or Accelerator()
         acc = self.accelerator
         if config.batch_size % acc.num_processes:
@@ -166,10 +250,7 @@ class DistillTrainer:
         self.progress = progress
         for m in extra_modules:
             m.to(acc.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise CompactLMError("model: no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = adamw(model, config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.step = 0
@@ -177,6 +258,7 @@ class DistillTrainer:
         self.seconds = 0.0
         if self.checkpoint_dir is not None and (self.checkpoint_dir / CHECKPOINT).exists():
             self._load()
+        self.resumed_at = self.step  # 0 for a fresh run
 
     # ---- data order -------------------------------------------------------------------------------
     def _micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
@@ -189,6 +271,8 @@ class DistillTrainer:
         share = b // self.accelerator.num_processes
         r = self.accelerator.process_index
         batch = _take(self.data, idx[r * share : (r + 1) * share])
+        if self.collate is not None:
+            batch = self.collate(batch)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     # ---- training ---------------------------------------------------------------------------------
@@ -200,10 +284,13 @@ class DistillTrainer:
         """
         acc, cfg = self.accelerator, self.config
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-        self.model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="qat", disable=not (self.progress and acc.is_main_process))
+        self.model.train(self.train_mode)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc,
+                   disable=not (self.progress and acc.is_main_process))
         t0 = time.perf_counter()
         while self.step < end:
+            if self.on_step is not None:
+                self.on_step(self.unwrapped, self.step, cfg.steps)
             sums: dict[str, torch.Tensor] = {}
             for a in range(cfg.grad_accum):
                 batch = self._micro_batch(self.step * cfg.grad_accum + a)
@@ -265,8 +352,11 @@ class DistillTrainer:
                 "history": self.history,
                 "seconds": self.seconds,
                 "config": asdict(self.config),
+                "job": self.job,
                 "rng": torch.get_rng_state(),
             }
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
             tmp = self.checkpoint_dir / f".{CHECKPOINT}.tmp"
             torch.save(state, tmp)
             os.replace(tmp, self.checkpoint_dir / CHECKPOINT)
@@ -276,6 +366,13 @@ class DistillTrainer:
         state = load_checkpoint_state(self.checkpoint_dir / CHECKPOINT)
         saved = {k: v for k, v in state["config"].items() if k != "checkpoint_every"}
         now = {k: v for k, v in asdict(self.config).items() if k != "checkpoint_every"}
+        saved_job = state.get("job", {})
+        if saved_job != self.job:
+            diff = sorted(k for k in set(saved_job) | set(self.job) if saved_job.get(k) != self.job.get(k))
+            raise CompactLMError(
+                f"--out: a checkpoint with other settings ({', '.join(diff)}) exists in {self.checkpoint_dir}; "
+                "use the same settings to resume or pass --overwrite"
+            )
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CompactLMError(
@@ -289,4 +386,6 @@ class DistillTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history, self.seconds = state["step"], state["history"], state.get("seconds", 0.0)
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed from %s at step %d", self.checkpoint_dir / CHECKPOINT, self.step)
