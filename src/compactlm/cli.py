@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.finetune",
     "compactlm.commands.qat",
     "compactlm.commands.encoder_qat",
+    "compactlm.commands.distill",
     "compactlm.commands.export",
     "compactlm.commands.generate",
     "compactlm.commands.speed",
