@@ -97,6 +97,26 @@ def test_convert_matches_fake_quant_forward(model_type, scheme, options, token_b
     assert torch.allclose(ref, out, atol=1e-4)
 
 
+def test_kv8_is_trained_and_the_converted_model_computes_the_fake_quant_model(token_batch):
+    """``-kv8`` is present during QAT: the k/v projections of the fake-quant model already quantize
+    their outputs, so the converted (shipped) model computes what was trained, bit for bit."""
+    model = prepare_qat(tiny_model("llama").eval(), "w4a8-kv8", quantizer="minmax")
+    no_kv = prepare_qat(tiny_model("llama").eval(), "w4a8", quantizer="minmax")
+    layers = qat_linears(model)
+    with_out_q = {n for n, m in layers.items() if m.output_quantizer is not None}
+    assert with_out_q and all(n.endswith(("k_proj", "v_proj")) for n in with_out_q)
+    ids = token_batch[:, :16]
+    model(input_ids=ids, labels=ids).loss.backward()  # trains through the kv8 quantizer
+    assert all(layers[n].weight.grad.abs().sum() > 0 for n in with_out_q)
+    with torch.no_grad():
+        fake = model(input_ids=ids).logits
+        assert not torch.equal(fake, no_kv(input_ids=ids).logits)  # kv8 changes what training sees
+        convert_qat(model)
+        assert torch.equal(model(input_ids=ids).logits, fake)
+    deployed = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.output_quantizer is not None}
+    assert set(deployed) == with_out_q
+
+
 def test_training_reaches_latent_weight_and_saves(tmp_path, token_batch):
     model = tiny_model("llama")
     prepare_qat(model, "w2a16")
