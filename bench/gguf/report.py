@@ -7,6 +7,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
+def _share(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
 def write_report(rows: list[dict]) -> None:
     if not rows:
         return
@@ -21,8 +25,8 @@ def write_report(rows: list[dict]) -> None:
              f"{rows[0]['reps']} after a warm-up; logit diff = largest |llama.cpp − compactlm| logit on the first window "
              "(llama.cpp quantizes activations to 8-bit blocks in its dot products, so it is not bit-exact).", "",
              "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp Q4_0's | decode tok/s 1 thr | 2 thr | "
-             "compactlm in-process decode 1 / 2 thr | max logit diff |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "compactlm in-process decode 1 / 2 thr | max logit diff | codes = llama.cpp Q4_0's |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in names:
         r = get(n, 2) or get(n, 1)
         d = None if fp is None else r["ppl_llamacpp"] - fp["ppl_llamacpp"]
@@ -33,7 +37,10 @@ def write_report(rows: list[dict]) -> None:
                      f"{'–' if ratio is None else f'{ratio:.2f}'} | {t1['decode_tok_s'] if t1 else '–'} | "
                      f"{t2['decode_tok_s'] if t2 else '–'} | "
                      f"{(t1 or {}).get('compactlm_decode_tok_s') or '–'} / {(t2 or {}).get('compactlm_decode_tok_s') or '–'} | "
-                     f"{'–' if diff is None else f'{diff:.3f}'} |")
+                     f"{'–' if diff is None else f'{diff:.3f}'} | {_share(r.get('codes_same_as_llamacpp'))} |")
+    lines += ["", "codes = llama.cpp Q4_0's: share of the Q4_0 weight codes in the file identical to those "
+              "llama.cpp's quantizer wrote (`codes_agreement` in run.py; rows recorded before that column have –). "
+              "`rtn-signedmax` is RTN with llama.cpp's own scale rule (`--clip signed-max`, d = x_e / −8)."]
     (RESULTS / "gguf.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

@@ -42,8 +42,12 @@ MODEL = "smollm2-135m"
 CLI = str(ROOT / ".venv" / "bin" / "compactlm")
 LEARNED = ["--iters", "20", "--batch-size", "2", "--lr", "3e-3", "--calib", "wiki", "--calib-samples", "32",
            "--calib-seq-len", "256", "--seed", "0"]
-ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0", "flexround-it50-q4_0")
-ITERS = {"flexround-it50-q4_0": "50"}  # rows with a larger reconstruction budget than LEARNED's
+ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0", "flexround-it50-q4_0",
+        "rtn-signedmax-q4_0", "flexround-signedmax-q4_0", "flexround-signedmax-it50-q4_0")
+# rows with a larger reconstruction budget than LEARNED's
+ITERS = {"flexround-it50-q4_0": "50", "flexround-signedmax-it50-q4_0": "50"}
+# rows whose step sizes start from llama.cpp's own Q4_0 scale rule
+EXTRA = {r: ["--clip", "signed-max"] for r in ROWS if "signedmax" in r}
 
 
 def read_records() -> list[dict]:
@@ -99,6 +103,7 @@ def make_file(row: str) -> tuple[Path, str]:
         q_cmd += LEARNED
     if row in ITERS:
         q_cmd[q_cmd.index("--iters") + 1] = ITERS[row]
+    q_cmd += EXTRA.get(row, [])
     e_cmd = [CLI, "export", "--model", str(run), "--format", "gguf", "--type", "q4_0", "--out", str(out)]
     if not run.exists():
         sh(q_cmd)
@@ -106,6 +111,32 @@ def make_file(row: str) -> tuple[Path, str]:
         sh(e_cmd)
     rel = lambda c: " ".join(c).replace(str(ROOT) + "/", "")  # noqa: E731
     return out, f"{rel(q_cmd)} && {rel(e_cmd)}"
+
+
+def codes_agreement(path: Path, other: Path) -> dict:
+    """Share of Q4_0 weight codes and block scales of ``path`` identical to those of ``other``.
+
+    Both files are read with the gguf package; only tensors that are Q4_0 in both are compared
+    (each 18-byte block: fp16 ``d`` then 16 bytes of nibbles).
+    """
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    def q4_0(p: Path) -> dict:
+        return {t.name: np.asarray(t.data).reshape(-1, 18) for t in GGUFReader(str(p)).tensors
+                if t.tensor_type == GGMLQuantizationType.Q4_0}
+
+    a, b = q4_0(path), q4_0(other)
+    same_codes = same_d = n_codes = n_blocks = 0
+    for name in sorted(set(a) & set(b)):
+        x, y = a[name], b[name]
+        nx = np.concatenate([x[:, 2:] & 15, x[:, 2:] >> 4], axis=1)
+        ny = np.concatenate([y[:, 2:] & 15, y[:, 2:] >> 4], axis=1)
+        same_codes += int((nx == ny).sum())
+        n_codes += nx.size
+        same_d += int((x[:, :2] == y[:, :2]).all(axis=1).sum())
+        n_blocks += len(x)
+    return {"codes_same_as_llamacpp": same_codes / max(1, n_codes), "scales_same_as_llamacpp": same_d / max(1, n_blocks),
+            "q4_0_tensors_compared": len(set(a) & set(b))}
 
 
 def llama(path: Path, threads: int, logits_all: bool):
@@ -196,6 +227,9 @@ def main(argv=None) -> int:
         diff = None if ours is None else float(np.abs(ours - theirs).max())
         rel = None if ours is None else float(np.abs(ours - theirs).max() / np.abs(ours).max())
         del llm
+        agreement = {}
+        if row.endswith("-q4_0") and row != "llamacpp-q4_0":
+            agreement = codes_agreement(path, make_file("llamacpp-q4_0")[0])
         for threads in threads_todo:
             llm = llama(path, threads, logits_all=True)  # the bindings keep logits only with logits_all (argmax needs them)
             speeds = llamacpp_decode(llm, ids[:512].tolist(), 64, args.reps)
@@ -209,11 +243,11 @@ def main(argv=None) -> int:
                 ours_speed = json.loads(out_json.read_text())["decode_tok_s"]
             record = {"row": row, "model": MODEL, "threads": threads, "file_mb": round(path.stat().st_size / 2**20, 1),
                       "ppl_llamacpp": ppl, "ppl_tokens": n, "max_logit_diff_vs_compactlm": diff,
-                      "max_logit_diff_rel": rel, "decode_tok_s": round(statistics.median(speeds), 2),
+                      "max_logit_diff_rel": rel, **agreement, "decode_tok_s": round(statistics.median(speeds), 2),
                       "decode_tok_s_min": round(min(speeds), 2), "decode_tok_s_max": round(max(speeds), 2),
                       "compactlm_decode_tok_s": ours_speed, "reps": args.reps, "llama_cpp_python": llama_cpp.__version__, "file_command": command,
                       "command": f".venv/bin/python bench/gguf/run.py --rows {row}", "seed": 0,
-                      "device": "cpu (this project's 2-core machine)",
+                      "device": "cpu (this project's 2-core machine)", "loadavg_1min": os.getloadavg()[0],
                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             append(record)
             print(f"[{row}] t{threads}: ppl {ppl:.3f}, decode {record['decode_tok_s']} tok/s, "
