@@ -1,4 +1,4 @@
-"""Distillation losses for quantization-aware training: small pure, mask-aware functions.
+"""Distillation losses (QAT and smaller students): small pure, mask-aware functions.
 
 Notation: ``z_S``, ``z_T`` student / teacher logits; ``p = softmax(z / τ_KD)``; ``y`` labels;
 ``m`` a mask with 1 for tokens that count and 0 for padding (``None``: every position counts).
@@ -16,6 +16,26 @@ Notation: ``z_S``, ``z_T`` student / teacher logits; ``p = softmax(z / τ_KD)``;
 
   (:func:`tsld_token_weights`, :func:`tsld_loss`). The paper writes the soft cross-entropy; the KL
   has the same gradient and is 0 when student and teacher agree;
+* generalised JSD (GKD, Agarwal et al. 2024; β as in jongwooko/distillm)::
+
+      m = β·p_T + (1 − β)·q_S,   L_JSD(β) = mean_{valid t} [β·KL(p_T ‖ m) + (1 − β)·KL(q_S ‖ m)]
+
+  (:func:`generalized_jsd`; gradient through ``q_S`` in both places, the teacher detached);
+* DistiLLM's skew KLs (Ko et al., ICML 2024), ``α`` the skew::
+
+      skew forward  KL(p_T ‖ α·p_T + (1 − α)·q_S)     (:func:`skew_forward_kl`)
+      skew reverse  KL(q_S ‖ (1 − α)·p_T + α·q_S)     (:func:`skew_reverse_kl`)
+
+  (the authors' forward form is the cross-entropy ``−Σ p_T log(α p_T + (1−α) q_S)``: it differs
+  from the KL written here by the teacher's entropy, a constant; the KL is 0 when they agree);
+* PromptKD's prompt objective (Kim, Jang, Yang 2024; METHODS.md §3.1), gradient only through the
+  *prompted* teacher ``p_{T,φ}``::
+
+      L_T = KL(p_{T,φ} ‖ q_S) + λ_t · KL(p_{T,φ} ‖ p_T),   λ_t = 1 − t / total   (linear decay)
+
+  (:func:`promptkd_prompt_loss`, :func:`linear_decay`); the student then takes the reverse KL
+  ``KL(q_S ‖ p_{T,φ})`` (:func:`reverse_kl`). SFT on instructions is :func:`gt_cross_entropy` with
+  the mask on response tokens;
 * layer-to-layer: hidden-state MSE over ``(B, T, C)`` (:func:`hidden_state_mse`) and the
   attention-score MSE over ``(B, H, T, T)`` restricted to valid (query, key) pairs
   (:func:`attention_score_mse`, TernaryBERT; one implementation, in
@@ -28,6 +48,8 @@ classifier; the mask is then ``(B,)`` or ``None``). Causal LMs predict token ``t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +57,8 @@ from compactlm.distill.attention_losses import attention_score_mse
 
 __all__ = [
     "IGNORE_INDEX", "shift_for_causal_lm", "gt_cross_entropy", "logit_kd", "reverse_kl", "tsld_token_weights",
-    "tsld_loss", "hidden_state_mse", "attention_score_mse", "masked_mean",
+    "tsld_loss", "hidden_state_mse", "attention_score_mse", "masked_mean", "generalized_jsd", "skew_forward_kl",
+    "skew_reverse_kl", "promptkd_prompt_loss", "linear_decay",
 ]
 
 IGNORE_INDEX = -100
@@ -224,3 +247,108 @@ def hidden_state_mse(
     _check_same(hidden_s, hidden_t, "hidden_state_mse")
     sq = (hidden_s.float() - hidden_t.detach().float()).pow(2).mean(-1)  # (B, T)
     return masked_mean(sq, mask)
+
+
+def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.Tensor:
+    """``log(w·a + (1 − w)·b)`` from log-probabilities, stably (``0 < w < 1``)."""
+    return torch.logaddexp(log_a + math.log(w), log_b + math.log1p(-w))
+
+
+def _check_fraction(value: float, name: str) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name}: expected a value in (0, 1), got {value}")
+
+
+def generalized_jsd(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tensor | None = None, beta: float = 0.1
+) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence ``β·KL(p_T ‖ m) + (1 − β)·KL(q_S ‖ m)``, ``m = β p_T + (1 − β) q_S``.
+
+    Args:
+        logits_s: Student ``(B, T, V)`` (aligned with the teacher's).
+        logits_t: Teacher ``(B, T, V)`` (detached here).
+        mask: ``(B, T)`` or ``None``.
+        beta: ``β`` in (0, 1) (GKD / DistiLLM baseline: 0.1).
+
+    Returns:
+        Scalar mean over valid positions; 0 when the two agree.
+    """
+    _check_same(logits_s, logits_t, "generalized_jsd")
+    _check_fraction(beta, "beta")
+    mask = _token_mask(logits_s, mask)
+    log_q = F.log_softmax(logits_s.float(), dim=-1)
+    log_p = F.log_softmax(logits_t.detach().float(), dim=-1)
+    log_m = _log_mix(log_p, log_q, beta)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return masked_mean(beta * kl_pm + (1 - beta) * kl_qm, mask)
+
+
+def skew_forward_kl(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tensor | None = None, alpha: float = 0.1
+) -> torch.Tensor:
+    """DistiLLM skew forward KL ``KL(p_T ‖ α p_T + (1 − α) q_S)``, mean over valid positions.
+
+    Shapes as :func:`generalized_jsd`; ``alpha`` in (0, 1) (DistiLLM: 0.1). 0 when the two agree.
+    """
+    _check_same(logits_s, logits_t, "skew_forward_kl")
+    _check_fraction(alpha, "alpha")
+    mask = _token_mask(logits_s, mask)
+    log_q = F.log_softmax(logits_s.float(), dim=-1)
+    log_p = F.log_softmax(logits_t.detach().float(), dim=-1)
+    per = (log_p.exp() * (log_p - _log_mix(log_p, log_q, alpha))).sum(-1)
+    return masked_mean(per, mask)
+
+
+def skew_reverse_kl(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tensor | None = None, alpha: float = 0.1
+) -> torch.Tensor:
+    """DistiLLM skew reverse KL ``KL(q_S ‖ (1 − α) p_T + α q_S)``, mean over valid positions.
+
+    Shapes as :func:`generalized_jsd`; ``alpha`` in (0, 1). 0 when the two agree.
+    """
+    _check_same(logits_s, logits_t, "skew_reverse_kl")
+    _check_fraction(alpha, "alpha")
+    mask = _token_mask(logits_s, mask)
+    log_q = F.log_softmax(logits_s.float(), dim=-1)
+    log_p = F.log_softmax(logits_t.detach().float(), dim=-1)
+    per = (log_q.exp() * (log_q - _log_mix(log_p, log_q, 1 - alpha))).sum(-1)
+    return masked_mean(per, mask)
+
+
+def linear_decay(step: int, total: int, start: float = 1.0) -> float:
+    """``start · (1 − step / total)``, clamped at 0: PromptKD's regulariser weight ``λ_t`` (0-based ``step``)."""
+    if total < 1:
+        raise ValueError(f"total: expected a positive number of steps, got {total}")
+    return start * max(0.0, 1.0 - step / total)
+
+
+def promptkd_prompt_loss(
+    logits_tp: torch.Tensor,
+    logits_s: torch.Tensor,
+    logits_t: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    lam: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PromptKD's soft-prompt objective ``KL(p_{T,φ} ‖ q_S) + λ · KL(p_{T,φ} ‖ p_T)``.
+
+    Both KLs carry the prompted teacher in the first slot, as the authors' code (METHODS.md §3.1);
+    per token over the vocabulary, averaged over valid (response) positions.
+
+    Args:
+        logits_tp: Prompted teacher ``(B, T, V)``, the only tensor that receives gradient
+            (positions of the soft-prompt tokens already dropped, aligned with the others).
+        logits_s: Student ``(B, T, V)`` (detached here).
+        logits_t: Teacher without the prompt ``(B, T, V)`` (detached here).
+        mask: ``(B, T)`` or ``None``.
+        lam: ``λ_t`` (see :func:`linear_decay`).
+
+    Returns:
+        ``(loss, {"prompt_kl": KL(p_{T,φ} ‖ q_S), "prompt_reg": KL(p_{T,φ} ‖ p_T)})`` (parts detached).
+    """
+    _check_same(logits_tp, logits_s, "promptkd_prompt_loss")
+    _check_same(logits_tp, logits_t, "promptkd_prompt_loss")
+    mask = _token_mask(logits_tp, mask)
+    kl_s = masked_mean(_kl_per_position(logits_tp, logits_s.detach(), 1.0), mask)
+    kl_t = masked_mean(_kl_per_position(logits_tp, logits_t.detach(), 1.0), mask)
+    return kl_s + lam * kl_t, {"prompt_kl": kl_s.detach(), "prompt_reg": kl_t.detach()}
