@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss=loss, model="minilm-l6", teacher=args.teacher, task=args.task, seed=seed,
                 test_acc=report["test_acc"], test_examples=report["test_examples"],
                 loss_start=report.get("loss_start", {}).get("loss"), loss_end=report.get("loss_end", {}).get("loss"),
+                loss_curve=report.get("loss_curve"),
                 train_seconds=report.get("train_seconds", 0.0), seconds=round(time.perf_counter() - start, 1),
                 device=device_name, budget=budget if method in ("qat", "sdq") else f"no training; {budget.split('; ')[-1]}",
                 command=command,

@@ -242,3 +242,12 @@ def test_sdq_short_run_on_tiny_encoder(model_type):
     assert qlinears and all(m.bits == 8 for m in qlinears)
     out = student(**{k: v for k, v in _batch().items() if k != "labels"}).logits
     assert (out - teacher_out).abs().max() < 0.05  # 8-bit student stays close to the teacher
+
+
+def test_loss_curve_averages_equal_stretches():
+    from compactlm.encoder.qat import loss_curve
+
+    history = [{"loss": float(i)} for i in range(20)]
+    assert loss_curve(history, points=4) == [2.0, 7.0, 12.0, 17.0]
+    assert loss_curve(history[:3], points=10) == [0.0, 1.0, 2.0]
+    assert loss_curve([]) == []

@@ -298,6 +298,15 @@ def _mean_tail(history: list[dict[str, float]], n: int = 10) -> dict[str, float]
     return {k: round(sum(h[k] for h in tail) / len(tail), 5) for k in tail[0]}
 
 
+def loss_curve(history: list[dict[str, float]], points: int = 10) -> list[float]:
+    """Mean total loss over each of ``points`` equal stretches of the run (shows whether it flattened)."""
+    if not history:
+        return []
+    n = len(history)
+    bounds = [round(i * n / points) for i in range(points + 1)]
+    return [round(sum(h["loss"] for h in history[a:b]) / (b - a), 5) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def run_encoder_qat(
     teacher: nn.Module, tokenizer, config: EncoderQATConfig, progress: bool = True,
     terms: tuple[tuple[str, float], ...] | None = None,
@@ -335,6 +344,7 @@ def run_encoder_qat(
         "resumed_at_step": trainer.resumed_at,
         "loss_start": _mean_tail(history[:10]),
         "loss_end": _mean_tail(history),
+        "loss_curve": loss_curve(history),
         "train_seconds": round(trainer.seconds, 1),
         **evaluate_classifier(student, tokenizer, config.task, config.eval_limit, config.max_length, eval_splits),
     }
