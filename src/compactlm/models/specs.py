@@ -145,7 +145,7 @@ SPECS: tuple[ArchSpec, ...] = (
         block_norms=("self_attn_layer_norm", "final_layer_norm"),
     ),
     ArchSpec(
-        model_types=("bert", "xlm-roberta", "roberta"),
+        model_types=("bert", "xlm-roberta", "roberta", "compactlm-pruned-bert", "compactlm-pruned-xlm-roberta"),
         kind="encoder",
         blocks="encoder.layer",
         linear_groups=(
@@ -162,6 +162,11 @@ SPECS: tuple[ArchSpec, ...] = (
         kv_proj=("attention.self.key", "attention.self.value"),
         block_norms=("attention.output.LayerNorm", "output.LayerNorm"),
         embedding_norm="embeddings.LayerNorm",
+        # width pruning (compactlm.models.prune): the attention module, the linears whose output rows
+        # are grouped by head, the one whose input columns are; the FFN's (in, out) linears
+        extra={"heads": ("attention.self", ("attention.self.query", "attention.self.key", "attention.self.value"),
+                         "attention.output.dense"),
+               "ffn": ("intermediate.dense", "output.dense")},
     ),
 )
 
@@ -246,3 +251,8 @@ def linear_weight(module: nn.Module) -> "torch.Tensor":  # noqa: F821
 
 def linear_bias(module: nn.Module):
     return getattr(module, "bias", None)
+
+
+from compactlm.models import pruned_encoder as _pruned_encoder  # noqa: E402  (registers the head-pruned types)
+
+_pruned_encoder.register()
