@@ -67,27 +67,11 @@ RECIPE_KEYS = ("model", "task", "scheme", "quantizer", "per", "clip", "loss", "s
 
 
 def apply_recipe(args: argparse.Namespace, path: str) -> None:
-    """Fill the flags left unset (``None``) from a YAML recipe (keys as the flags, ``_`` for ``-``).
+    """Fill the flags left unset (``None``) from a recipe (:func:`compactlm.recipes.load_recipe`;
+    keys as the flags, ``_`` for ``-``). Flags given on the command line win over the recipe."""
+    from compactlm.recipes import load_recipe
 
-    Flags given on the command line win over the recipe.
-    """
-    import yaml
-
-    from compactlm.errors import CompactLMError
-
-    if not os.path.isfile(path):
-        raise CompactLMError(f"--recipe: no such file {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise CompactLMError(f"--recipe: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise CompactLMError(f"--recipe: {path} must hold a mapping of settings")
-    unknown = sorted(set(data) - set(RECIPE_KEYS))
-    if unknown:
-        raise CompactLMError(f"--recipe: unknown encoder key(s) {unknown}; known: {list(RECIPE_KEYS)}")
-    for key, value in data.items():
+    for key, value in load_recipe(path, known=RECIPE_KEYS).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
 

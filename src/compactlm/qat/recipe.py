@@ -98,18 +98,10 @@ class QATRecipe(TrainConfig):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "QATRecipe":
-        import yaml
+        """A recipe file (YAML or JSON) through the one loader, :func:`compactlm.recipes.load_recipe`."""
+        from compactlm.recipes import load_recipe
 
-        p = Path(path)
-        if not p.is_file():
-            raise CompactLMError(f"--recipe: no such file {path}")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise CompactLMError(f"--recipe: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise CompactLMError(f"--recipe: {path} must hold a mapping of settings")
-        return cls.from_dict(d)
+        return cls.from_dict(load_recipe(path, known={f.name for f in dataclasses.fields(cls)}))
 
     def replace(self, **overrides) -> "QATRecipe":
         """A copy with the non-``None`` overrides applied (CLI flags over a recipe file)."""
