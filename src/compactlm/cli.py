@@ -28,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "compactlm.commands.qat",
     "compactlm.commands.encoder_qat",
     "compactlm.commands.distill",
+    "compactlm.commands.dynabert",
     "compactlm.commands.export",
     "compactlm.commands.generate",
     "compactlm.commands.speed",
