@@ -44,3 +44,16 @@ def test_real_encoder_module_has_the_contract():
     if module is None:
         pytest.skip("compactlm.commands.distill_encoder not there yet (issue 16)")
     assert callable(module.add_arguments) and callable(module.run)
+
+
+def test_flag_defaults_match_the_config_defaults():
+    import dataclasses
+
+    from compactlm.cli import build_parser
+    from compactlm.distill.generative import DistillConfig
+
+    args = build_parser().parse_args(["distill", "--out", "x"])
+    defaults = DistillConfig()
+    for f in dataclasses.fields(DistillConfig):
+        flag = getattr(args, f.name, None)
+        assert flag is None or flag == getattr(defaults, f.name), f.name

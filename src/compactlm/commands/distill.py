@@ -40,18 +40,13 @@ ENCODER_MODULE = "compactlm.commands.distill_encoder"
 LOSSES = ("sft", "kd", "rkl", "seqkd", "gkd", "distillm", "promptkd")
 
 DECODER_ONLY = (
-    "student_scheme", "max_new_tokens", "prompt_length", "prompt_init", "prompt_lr", "gkd_beta", "skew_alpha",
-    "on_policy", "eval_seeds", "eval_samples", "unseen_tasks", "checkpoint_every",
+    "student_scheme", "max_new_tokens", "prompt_length", "prompt_init", "gkd_beta", "skew_alpha", "skew",
+    "on_policy", "eval_seeds", "eval_samples", "unseen_tasks", "checkpoint_every", "ppl_tokens",
 )
 """Dests of the decoder-only flags (an error when typed with ``--task``)."""
-
-# Settings a recipe may hold (the flags' dests); the decoder path reads them by precedence
-# typed flag > recipe > default (compactlm.commands.args.value).
-SETTINGS = (
-    "teacher", "student", "student_layers", "student_scheme", "loss", "data", "samples", "seq_len", "max_new_tokens",
-    "steps", "batch_size", "lr", "prompt_length", "prompt_init", "prompt_lr", "gkd_beta", "skew_alpha", "on_policy",
-    "eval_seeds", "eval_samples", "unseen_tasks", "checkpoint_every", "seed", "device",
-)
+# A decoder recipe may hold every field of compactlm.distill.generative.DistillConfig (the flags'
+# dests and the few options without a flag: grad_accum, warmup, schedule, replay_size,
+# replay_threshold, val_every, val_samples, eval_greedy); precedence typed flag > recipe > default.
 
 
 def _encoder_module():
@@ -78,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None,
                    help="student model sharing the teacher's tokenizer (default: a depth-pruned copy of the teacher)")
     p.add_argument("--student-layers", type=int, default=None, metavar="N",
-                   help="keep N evenly spaced teacher blocks as the student (default: half of the teacher's)")
+                   help="student = the teacher with N evenly spaced blocks (decoders: first and last kept; a recipe "
+                   "may list block indices instead) (default: half of the teacher's blocks)")
     p.add_argument("--loss", default=None, help=f"{' | '.join(LOSSES)} (default promptkd)")
     A.add_device(p)
     p.add_argument("--data", default="olmo-gen",
@@ -101,15 +97,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--prompt-length", type=int, default=None, metavar="N", help="promptkd: soft-prompt tokens (default 7)")
     m.add_argument("--prompt-init", default=None,
                    help="promptkd: text the soft prompt starts from (default 'Suppose you are a student.')")
-    m.add_argument("--prompt-lr", type=float, default=None, help="promptkd: soft-prompt learning rate (default: --lr)")
     m.add_argument("--gkd-beta", type=float, default=None, help="gkd: generalised-JSD beta (default 0.1)")
     m.add_argument("--skew-alpha", type=float, default=None, help="distillm: skew alpha (default 0.1)")
+    m.add_argument("--skew", default=None, help="distillm: reverse | forward skew KL (default reverse)")
     m.add_argument("--on-policy", type=float, default=None,
                    help="gkd: share of student-sampled batches (default 0.5)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-seeds", default=None, help="sampling seeds of the ROUGE-L evaluation (default 0,1,2)")
     e.add_argument("--eval-samples", type=int, default=None, metavar="N",
                    help="evaluation pairs per task (default 16; 0 skips evaluation)")
+    e.add_argument("--ppl-tokens", type=int, default=None, metavar="N",
+                   help="wiki-eval tokens for the student's perplexity (default 0: skip)")
     A.add_out(p, help="run directory to create; rerun with the same --out to resume")
     A.add_no_progress(p)
     enc = p.add_argument_group("encoder distillation (with --task; issue 16)")
@@ -136,22 +134,15 @@ def run(args: argparse.Namespace) -> int:
     return run_decoder(args)
 
 
-def _recipe(args: argparse.Namespace) -> dict:
+def run_decoder(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from compactlm.distill.generative import DistillConfig, run_distill
     from compactlm.recipes import load_recipe
 
-    return load_recipe(args.recipe, known=set(SETTINGS)) if args.recipe else {}
-
-
-def run_decoder(args: argparse.Namespace) -> int:
-    from compactlm.errors import CompactLMError
-
-    recipe = _recipe(args)
-    settings = {k: A.value(args, k, recipe) for k in SETTINGS}
-    try:
-        from compactlm.distill.generative import DistillConfig, run_distill
-    except ImportError:
-        raise CompactLMError("--loss: generative distillation is not built yet (issue 15)") from None
-    config = DistillConfig.from_settings(settings)
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    recipe = load_recipe(args.recipe, known=known) if args.recipe else {}
+    config = DistillConfig.from_settings({k: A.value(args, k, recipe) for k in known})
     report = run_distill(config, out=args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {args.out}: {json.dumps(report.get('summary', {}))}")
     return 0
