@@ -141,3 +141,24 @@ def test_projected_hidden_mse():
     assert proj.proj.weight.grad is not None
     assert isinstance(HiddenProjection(8, 8).proj, torch.nn.Identity)
     assert projected_hidden_mse(hs, [x.clone() for x in hs]).item() == 0.0
+
+
+def test_wr_angle_matches_the_direct_formula():
+    """The Gram-matrix form equals cos∠(r_j − r_i, r_k − r_i) computed triple by triple."""
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(2, 7, 5, generator=g), torch.randn(2, 7, 6, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    w = 2
+    total, count = 0.0, 0
+    for b in range(2):
+        n = int(mask[b].sum())
+        for i in range(n):
+            for j in range(max(0, i - w), min(n, i + w + 1)):
+                for k in range(max(0, i - w), min(n, i + w + 1)):
+                    if i in (j, k):
+                        continue
+                    cs = torch.nn.functional.cosine_similarity(s[b, j] - s[b, i], s[b, k] - s[b, i], dim=0)
+                    ct = torch.nn.functional.cosine_similarity(t[b, j] - t[b, i], t[b, k] - t[b, i], dim=0)
+                    total += float((cs - ct) ** 2)
+                    count += 1
+    assert wr_angle(s, t, mask, window=w).item() == pytest.approx(total / count, rel=1e-4)

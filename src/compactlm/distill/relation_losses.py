@@ -114,24 +114,34 @@ def relation_dist(x_s: torch.Tensor, x_t: torch.Tensor, mask: torch.Tensor | Non
     return masked_mean(row, rows)
 
 
-def _windows(x: torch.Tensor, mask: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neighbours ``(N, S, 2w+1, C)`` of each member within ``±w`` and their validity ``(N, S, 2w+1)``."""
-    N, S, C = x.shape
-    xp = F.pad(x, (0, 0, w, w))  # (N, S + 2w, C)
-    mp = F.pad(mask.to(torch.uint8), (w, w)).bool()  # (N, S + 2w), padding positions invalid
-    nb = xp.unfold(1, 2 * w + 1, 1).permute(0, 1, 3, 2)  # (N, S, W, C)
-    valid = mp.unfold(1, 2 * w + 1, 1)  # (N, S, W)
-    valid = valid & mask[:, :, None]
-    valid[:, :, w] = False  # the vertex itself
-    return nb, valid
-
-
 def _angles(x: torch.Tensor, mask: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    nb, valid = _windows(x.float(), mask, w)
-    e = F.normalize(nb - x.float()[:, :, None, :], dim=-1)  # (N, S, W, C) unit vectors from the vertex
-    cos = e @ e.transpose(-1, -2)  # (N, S, W, W)
-    pair = valid[..., :, None] & valid[..., None, :]
-    return cos, pair
+    """``cos∠(x_j − x_i, x_k − x_i)`` ``(N, S, W, W)`` for ``j, k`` in the ``W = 2w + 1`` window of each
+    vertex ``i``, and which triples count (``i, j, k`` valid, ``j, k ≠ i``, inside the set).
+
+    Computed from the Gram matrix ``G = x xᵀ`` (no ``(N, S, W, C)`` tensor):
+    ``⟨x_j − x_i, x_k − x_i⟩ = G_jk − G_ij − G_ik + G_ii``; ``x`` is centred first (angles do not
+    change under a translation, and centring keeps the differences well conditioned).
+    """
+    N, S, _ = x.shape
+    m = mask.to(torch.float32)
+    x = x.float()
+    mean = (x * m[..., None]).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)[..., None]
+    x = x - mean
+    G = x @ x.transpose(-1, -2)  # (N, S, S)
+    offsets = torch.arange(-w, w + 1, device=x.device)
+    pos = torch.arange(S, device=x.device)[:, None] + offsets[None]  # (S, W)
+    inside = (pos >= 0) & (pos < S) & (offsets[None] != 0)
+    idx = pos.clamp(0, S - 1)
+    diag = G.diagonal(dim1=-2, dim2=-1)  # (N, S)
+    g_ij = G.gather(2, idx[None].expand(N, -1, -1))  # (N, S, W): G[n, i, idx[i, a]]
+    g_jj = diag[:, idx]  # (N, S, W)
+    g_jk = G[:, idx[:, :, None], idx[:, None, :]]  # (N, S, W, W)
+    g_ii = diag[:, :, None, None]
+    dot = g_jk - g_ij[..., :, None] - g_ij[..., None, :] + g_ii
+    sq = (g_jj - 2 * g_ij + diag[:, :, None]).clamp_min(1e-12)  # |x_j − x_i|², (N, S, W)
+    cos = dot / (sq[..., :, None] * sq[..., None, :]).sqrt()
+    valid = inside[None] & mask.bool()[:, idx] & mask.bool()[:, :, None]  # (N, S, W)
+    return cos, valid[..., :, None] & valid[..., None, :]
 
 
 def relation_angle(
