@@ -86,3 +86,19 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def local_sarcasm_rows(monkeypatch):
+    """120 synthetic headlines in place of the sarcasm rows (a PyPI wheel), splits 40 / 20 / 60: offline."""
+    from compactlm.data import classification
+
+    rows = [classification.Example(text=f"headline number {i} about {'cats' if i % 3 else 'dogs'}", label=i % 2)
+            for i in range(120)]
+    monkeypatch.setitem(classification._READERS, "sarcasm", lambda: rows)
+    task = classification.TASKS["sarcasm"]
+    monkeypatch.setitem(classification.TASKS, "sarcasm", classification.ClassificationTask(
+        task.name, task.labels, task.description, 40, 20, task.max_length))
+    classification._splits.cache_clear()
+    yield
+    classification._splits.cache_clear()

@@ -1,9 +1,15 @@
 """Python API: thin orchestration over the registry, models, data and evaluation.
 
+One shape for every verb (torchao-like): it takes a model object and configuration, changes the
+model in place, returns a JSON-able report, and writes nothing — saving is explicit
+(:func:`compactlm.save_quantized`).
+
     >>> import compactlm
     >>> model, tok = compactlm.load_model("smollm2-135m")
     >>> calib = compactlm.data.token_samples(tok, "wiki", n=32, seq_len=512, seed=0)
     >>> report = compactlm.quantize(model, "rtn", "w4a16", calib=calib, clip="lp")
+    >>> report = compactlm.qat(model2, "w2a16", data=calib, loss="tsld", steps=100)
+    >>> handle = compactlm.apply_luts(model3)          # handle.report(), handle.remove()
 """
 
 from __future__ import annotations
@@ -77,3 +83,119 @@ def quantize(
         "seconds": round(time.perf_counter() - start, 2),
         "peak_mem_mb": round(peak_memory_mb(), 1),
     }
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_options(what: str, options: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CompactLMError(f"{what}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+
+
+def qat(
+    model: nn.Module,
+    scheme: "str | QuantScheme" = "w2a16",
+    data: torch.Tensor | None = None,
+    *,
+    loss: Any = None,
+    teacher: nn.Module | None = None,
+    task: str | None = None,
+    tokenizer=None,
+    progress: bool = True,
+    **options: Any,
+) -> dict:
+    """Quantization-aware training with distillation, in place; the model ends on the integer grid.
+
+    The teacher is a frozen copy of ``model`` taken before any change (or ``teacher``). Decoders
+    train on ``data`` with the LM distillation terms (:class:`~compactlm.qat.recipe.QATRecipe`
+    fields as ``options``: ``steps``, ``lr``, ``batch_size``, ``quantizer``, ``temperature``...);
+    encoders (BERT-like) train on the classification ``task`` with the attention KD variants
+    (:class:`~compactlm.encoder.qat.EncoderQATConfig` fields; ``tokenizer`` needed).
+
+    Args:
+        model: A supported HF model (``compactlm models``); changed in place.
+        scheme: Scheme string or :class:`QuantScheme` (``"w2a16"``, ``"w2a8-tensor-actsym"``...).
+        data: Decoders: ``(N, T)`` training token ids.
+        loss: Decoders: a preset (``"tsld"``, ``"kd"``...) or terms; encoders: a KD variant
+            (``"attn-map"``...). ``None``: the config's default.
+        teacher: The FP teacher (default: a copy of ``model``); it is put in eval mode, frozen.
+        task, tokenizer: Encoders: classification task and the model's tokenizer.
+        progress: Progress bar.
+
+    Returns:
+        ``method``, ``scheme``, ``qat_config``, ``steps``, ``loss_start`` / ``loss_end`` (per term),
+        ``history`` (per step), ``seconds``, ``peak_mem_mb``.
+    """
+    import copy
+
+    from compactlm.train.trainer import TrainConfig
+
+    spec = get_spec(model)
+    scheme = QuantScheme.parse(scheme)
+    if loss is not None:
+        options["loss"] = loss
+    start = time.perf_counter()
+    if teacher is None:
+        teacher = copy.deepcopy(model)
+    if spec.kind == "encoder":
+        from compactlm.encoder.finetune import encode_split
+        from compactlm.encoder.qat import EncoderQATConfig, convert_encoder_qat, kd_qat, prepare_encoder_qat, resolve_terms
+
+        if task is None or tokenizer is None:
+            raise CompactLMError("qat: an encoder trains on a classification task: pass task= and tokenizer=")
+        _check_options("qat", options, _fields(EncoderQATConfig) - {"task", "scheme"})
+        config = EncoderQATConfig(task=task, scheme=scheme.name, **options)
+        train = encode_split(tokenizer, task, "train", config.train_limit, config.seed, config.max_length)
+        terms = resolve_terms(config.loss)
+        prepare_encoder_qat(model, scheme, config.qat_config())
+        trainer = kd_qat(model, teacher, train, terms, config.train_config(len(train["labels"])),
+                         desc=f"qat {scheme.name} {config.loss}", progress=progress)
+        convert_encoder_qat(model)
+        qat_config = config.qat_config()
+    else:
+        from compactlm.qat.recipe import QATRecipe
+        from compactlm.qat.run import train_qat
+
+        if data is None or data.dim() != 2 or data.numel() == 0:
+            raise CompactLMError("qat: data: expected a non-empty (N, T) tensor of training token ids")
+        _check_options("qat", options, _fields(QATRecipe) - {"model", "scheme", "data", "samples", "seq_len", "extra"})
+        recipe = QATRecipe(scheme=scheme.name, samples=data.shape[0], seq_len=data.shape[1], **options)
+        trainer = train_qat(model, teacher, data, recipe, progress=progress)
+        from compactlm.qat.prepare import convert_qat
+
+        convert_qat(model)
+        qat_config = recipe.qat_config()
+    model.eval()
+    history = trainer.history
+    train_fields = _fields(TrainConfig)
+    terms = [k for k in history[0] if k not in ("step", "lr")] if history else []
+    mean = lambda rows: {k: round(sum(r[k] for r in rows) / len(rows), 5) for k in terms}  # noqa: E731
+    return {
+        "method": "qat",
+        "scheme": scheme.name,
+        "qat_config": dataclasses.asdict(qat_config),
+        "train_config": {k: v for k, v in dataclasses.asdict(trainer.config).items() if k in train_fields},
+        "steps": len(history),
+        "loss_start": mean(history[:10]) if history else {},
+        "loss_end": mean(history[-10:]) if history else {},
+        "history": history,
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_mem_mb": round(peak_memory_mb(), 1),
+    }
+
+
+def apply_luts(model: nn.Module, luts: Any = "default", ops=("gelu", "silu", "softmax", "layernorm", "rmsnorm"),
+               entries: int = 16):
+    """Replace the model's non-linear operations by NN-LUT tables, in place.
+
+    See :func:`compactlm.lut.apply.apply_luts`. Returns its :class:`~compactlm.lut.apply.LUTHandle`:
+    ``handle.report()`` is the report (what was replaced, by which tables), ``handle.remove()``
+    restores the exact original model.
+    """
+    from compactlm.lut.apply import apply_luts as _apply
+
+    return _apply(model, luts=luts, ops=ops, entries=entries)
+

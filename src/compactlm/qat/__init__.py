@@ -6,6 +6,9 @@
   :class:`QATConfig`;
 * :mod:`.prepare` — :func:`prepare_qat` / :func:`convert_qat` on every block linear;
 * :mod:`.recipe` and :mod:`.run` — loss-term recipes and :func:`run_qat` (the ``compactlm qat`` command).
+
+The package is also the API verb: ``compactlm.qat(model, scheme, data=..., ...)`` calls
+:func:`compactlm.api.qat` (:mod:`compactlm.verbs`).
 """
 
 from compactlm.qat.prepare import QATConfig, convert_qat, prepare_qat, qat_linears
@@ -25,3 +28,8 @@ __all__ = [
     "QATConfig", "FakeQuantLinear", "convert_qat", "prepare_qat", "qat_linears", "LSQQuantizer", "MinMaxQuantizer",
     "PACTQuantizer", "TWNQuantizer", "make_weight_quantizer", "twn_ternarize", "QATRecipe", "run_qat",
 ]
+
+from compactlm.verbs import make_callable  # noqa: E402
+
+make_callable(__name__, "qat")
+

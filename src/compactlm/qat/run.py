@@ -40,6 +40,28 @@ def training_tokens(tokenizer, recipe: QATRecipe, vocab_size: int) -> torch.Tens
     return token_samples(tokenizer, recipe.data, n=recipe.samples, seq_len=recipe.seq_len, seed=recipe.seed)
 
 
+def train_qat(student, teacher, data: torch.Tensor, recipe: QATRecipe, checkpoint_dir=None, accelerator=None,
+              progress: bool = True) -> Trainer:
+    """Prepare ``student`` for QAT in place and train it against the frozen ``teacher``; returns the trainer.
+
+    The student keeps its fake-quant layers (convert with :func:`~compactlm.qat.convert_qat`).
+    ``data`` is ``(N, T)`` token ids. With ``recipe.freeze_embeddings`` the input embeddings and
+    ``lm_head`` stay at their values. The teacher is put in eval mode with its gradients off. Shared by :func:`run_qat` and :func:`compactlm.qat`.
+    """
+    scheme = QuantScheme.parse(recipe.scheme)
+    prepare_qat(student.requires_grad_(True), scheme, recipe.qat_config())
+    if recipe.freeze_embeddings:
+        for emb in (student.get_input_embeddings(), student.get_output_embeddings()):
+            if emb is not None:
+                emb.requires_grad_(False)
+    objective = LMDistillLoss(teacher, parse_terms(recipe.loss), recipe.temperature, recipe.tsld_tau)
+    trainer = Trainer(student, objective, data, recipe.train_config(), checkpoint_dir=checkpoint_dir,
+                      accelerator=accelerator, progress=progress, extra_modules=(teacher,),
+                      job=recipe.job_settings(), desc=f"qat {scheme.name}")
+    trainer.train()
+    return trainer
+
+
 def run_qat(
     recipe: QATRecipe | None = None,
     out: str | Path | None = None,
@@ -78,18 +100,11 @@ def run_qat(
     torch.manual_seed(recipe.seed)
     if teacher is None:
         teacher, tokenizer = load_model(recipe.model)
-    student = prepare_qat(copy.deepcopy(teacher).requires_grad_(True), scheme, recipe.qat_config())  # teacher is frozen
-    if recipe.freeze_embeddings:
-        for emb in (student.get_input_embeddings(), student.get_output_embeddings()):
-            if emb is not None:
-                emb.requires_grad_(False)
     data = training_tokens(tokenizer, recipe, teacher.config.vocab_size)
-    objective = LMDistillLoss(teacher, parse_terms(recipe.loss), recipe.temperature, recipe.tsld_tau)
-    trainer = Trainer(student, objective, data, recipe.train_config(), checkpoint_dir=ckpt,
-                      accelerator=accelerator, progress=progress, extra_modules=(teacher,),
-                      job=recipe.job_settings(), desc=f"qat {scheme.name}")
     t0 = time.perf_counter()
-    history = trainer.train()
+    trainer = train_qat(copy.deepcopy(teacher), teacher, data, recipe, checkpoint_dir=ckpt,
+                        accelerator=accelerator, progress=progress)
+    history = trainer.history
     student = trainer.unwrapped.eval()
     quantizers = fake_quant_state(student)
     convert_qat(student)
