@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--only", default=None, help="comma-separated method:scheme:loss filters (substring match)")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     threads = int(os.environ.get("COMPACTLM_THREADS", "0") or 0)
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results)
     done = {row_key(r) for r in read_records(results)}
     task = get_task(args.task)
+    from compactlm.devices import choose_device
+
     teacher, tokenizer = load_model(args.teacher, head="sequence-classification", num_labels=task.num_labels)
+    teacher = teacher.float().to(choose_device(args.device))
     budget = (f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, warmup 0.1, max_length "
               f"{args.max_length}; test subset {args.eval_limit} of {task.n_test}")
     command = "python bench/encoder/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
