@@ -150,3 +150,14 @@ def test_cli_writes_a_loadable_run_and_report(run_cli, data, tmp_path):
     assert model.config.num_hidden_layers == 1
     code, _, err = run_cli(["distill", "--teacher", "tiny-llama", "--data", data, "--out", str(out)])
     assert code == 2 and "already exists" in err
+
+
+def test_quantized_student_distils_and_saves_a_quantized_run(data, tmp_path):
+    from compactlm.models import load_model
+    from compactlm.quant.linear import QuantLinear
+
+    cfg = _config(data, "kd", steps=2, student_scheme="w4a16-g16", student_layers=2)
+    report = run_distill(cfg, out=tmp_path / "q", teacher=_teacher(), tokenizer=char_tokenizer(), progress=False)
+    assert report["student_scheme"] == "w4a16-g16" and (tmp_path / "q" / "quantization.json").exists()
+    model, _ = load_model(str(tmp_path / "q"))
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 2 * 7
