@@ -150,3 +150,65 @@ def test_signed_max_matches_the_gguf_packages_q4_0_quantizer():
 def test_signed_max_refuses_asymmetric_grids():
     with pytest.raises(CompactLMError, match="signed-max.*symmetric"):
         weight_qparams(torch.randn(4, 32), 4, 32, False, clip="signed-max")
+
+
+# ----------------------------------------------------------------------------- 2-D clip search (issue 14)
+
+
+@pytest.mark.parametrize("bits, group_size", [(3, None), (4, None), (2, 16), (3, 32)])
+@pytest.mark.parametrize("seed", range(4))
+def test_lp2d_is_never_worse_than_minmax_or_the_1d_search(bits, group_size, seed):
+    from compactlm.quant.primitives import lp_error, to_groups
+
+    g = torch.Generator().manual_seed(seed)
+    # heavy-tailed, skewed rows (where a shifted zero point pays) and a constant row
+    w = torch.randn(24, 64, generator=g).exp() - torch.rand(24, 1, generator=g) * 2  # log-normal, shifted
+    w[0] = 0.5
+    wg = to_groups(w, group_size)
+    errs = {}
+    for clip in ("minmax", "lp", "lp2d"):
+        s, z = weight_qparams(w, bits, group_size, False, clip=clip)
+        errs[clip] = lp_error(wg, s, z, bits, False)
+    assert (errs["lp2d"] <= errs["lp"]).all() and (errs["lp"] <= errs["minmax"]).all()
+    assert (errs["lp2d"] < errs["lp"]).any()  # the zero-point shift finds something on skewed rows
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_lp2d_pruning_finds_the_unpruned_optimum(bits):
+    from compactlm.quant.primitives import _lp_search_1d, _lp_search_2d, _lp_search_2d_reference, to_groups
+
+    wg = to_groups(torch.randn(16, 48, generator=torch.Generator().manual_seed(3)) ** 3, None)
+    _, _, ref = _lp_search_2d_reference(wg, bits, 2.4, 100)
+    s1, z1, e1 = _lp_search_1d(wg, bits, False, 2.4, 100, 0.8)
+    _, _, best = _lp_search_2d(wg, bits, 2.4, 100, s1, z1, e1)
+    assert torch.allclose(best, torch.minimum(ref, e1), rtol=1e-5, atol=0)
+
+
+def test_lp2d_on_a_symmetric_grid_is_the_1d_search():
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(weight_qparams(w, 4, None, True, clip="lp2d"), weight_qparams(w, 4, None, True, clip="lp")):
+        assert torch.equal(a, b)
+
+
+def test_lp2d_is_available_to_rtn_and_reconstruction():
+    from compactlm.ptq.engine import ReconstructionConfig
+    from compactlm.ptq.rtn import RTNConfig, quantize_weight_rtn
+    from compactlm.quant.scheme import parse_scheme
+
+    ReconstructionConfig(clip="lp2d").check()
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    q = quantize_weight_rtn(w, parse_scheme("w3a16"), RTNConfig(clip="lp2d"))
+    s, z = weight_qparams(w, 3, None, False, clip="lp2d")
+    assert torch.equal(q.scale, s) and torch.equal(q.zero_point.float(), z)
+
+
+def test_round_ste_fused_matches_round_ste_in_values_and_gradient():
+    from compactlm.quant.primitives import round_ste, round_ste_fused
+
+    x = (torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 7).requires_grad_(True)
+    a, b = round_ste(x), round_ste_fused(x)
+    assert torch.equal(a, b)
+    up = torch.randn(1000)
+    ga, = torch.autograd.grad((a * up).sum(), x)
+    gb, = torch.autograd.grad((b * up).sum(), x)
+    assert torch.equal(ga, gb)

@@ -1,7 +1,8 @@
 """RTN: round-to-nearest onto a uniform grid (METHODS.md §1.1).
 
 Range per output channel or group from min/max, or from an Lp clip search over shrink factors
-(``clip="lp"``, p = 2.4 as in GPTQ's / AWQ's MSE searches). With a static-activation scheme (W8A8)
+(``clip="lp"``, p = 2.4 as in GPTQ's / AWQ's MSE searches), or a 2-D search over ranges and zero
+points (``clip="lp2d"``, the LRQ authors' initialisation; see ``quant.primitives.weight_qparams``). With a static-activation scheme (W8A8)
 the per-tensor input ranges are then calibrated on the calibration set.
 """
 
@@ -26,8 +27,9 @@ class RTNConfig:
     """Options of RTN.
 
     Attributes:
-        clip: ``"minmax"`` (full range), ``"lp"`` (search shrink factors minimising the Lp error) or
-            ``"signed-max"`` (symmetric grids: llama.cpp's Q4_0 rule ``d = x_e / −2^(b−1)``, the
+        clip: ``"minmax"`` (full range), ``"lp"`` (search shrink factors minimising the Lp error),
+            ``"lp2d"`` (asymmetric grids: also search ranges x zero points, the LRQ authors' W3
+            initialisation; equals ``"lp"`` on symmetric grids) or ``"signed-max"`` (symmetric grids: llama.cpp's Q4_0 rule ``d = x_e / −2^(b−1)``, the
             largest-magnitude weight on the code ``−2^(b−1)``; reproduces llama.cpp's Q4_0 codes).
         p: Exponent of the clip search.
         grid: Number of shrink steps per unit of range.

@@ -20,6 +20,23 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def round_ste_fused(x: torch.Tensor) -> torch.Tensor:
+    """:func:`round_ste` as one autograd node: the same values (``x + (round(x) - x)`` is exactly
+    ``round(x)`` in binary floating point: the difference is exact by Sterbenz's lemma) and the same
+    gradient, without the two extra full-size temporaries."""
+    return _RoundSTE.apply(x)
+
+
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     """Integer range ``(qmin, qmax)`` of a ``bits``-bit grid."""
     if symmetric:
@@ -95,7 +112,7 @@ def fake_quant(
     return (q - zero_point) * scale
 
 
-CLIPS = ("minmax", "lp", "signed-max")
+CLIPS = ("minmax", "lp", "lp2d", "signed-max")
 
 
 def signed_max_scale(wg: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
@@ -118,6 +135,104 @@ def signed_max_scale(wg: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Te
     return torch.where(d.abs() < eps, torch.full_like(d, eps), d)
 
 
+def lp_error(wg: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
+             p: float = 2.4) -> torch.Tensor:
+    """Lp objective of the clip searches: ``sum_G |Q(w) - w|^p`` per group.
+
+    Args:
+        wg: ``[C_out, n_groups, G]`` grouped weight.
+        scale, zero_point: ``[C_out, n_groups]``.
+    Returns:
+        ``[C_out, n_groups]``.
+    """
+    s, z = scale[..., None], zero_point[..., None]
+    return (dequantize(quantize(wg, s, z, bits, symmetric), s, z) - wg).abs().pow(p).sum(dim=-1)
+
+
+def _lp_search_1d(wg, bits, symmetric, p, grid, max_shrink):
+    """Shrink factors ``1, 1 - 1/grid, ...`` of the min/max range; returns ``(scale, zero_point, error)``."""
+    x_min, x_max = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale, zero_point = minmax_qparams(x_min, x_max, bits, symmetric)
+    best_err = torch.full_like(scale, float("inf"))
+    for i in range(int(max_shrink * grid)):
+        shrink = 1.0 - i / grid
+        s, z = minmax_qparams(shrink * x_min, shrink * x_max, bits, symmetric)
+        err = lp_error(wg, s, z, bits, symmetric, p)  # (C_out, n_groups)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        scale = torch.where(better, s, scale)
+        zero_point = torch.where(better, z, zero_point)
+    return scale, zero_point, best_err
+
+
+def _lp_search_2d(wg, bits, p, grid, scale, zero_point, best_err, eps: float = 1e-8, n_extreme: int = 16):
+    """Ranges ``k/grid`` of ``max(w, 0) - min(w, 0)`` (k = 1..grid) x every zero point of an
+    asymmetric grid (QDrop's ``perform_2D_search``, the LRQ authors' W3 initialisation), started from
+    ``(scale, zero_point, best_err)`` and keeping a candidate only where it lowers the error by more
+    than a relative 1e-6 (vectorised and scalar ``pow`` may differ in the last bit, so a smaller
+    "gain" could be a loss when the error is recomputed).
+
+    Exact but pruned: a weight's error on any zero point is at least its rounding error on the
+    unclipped grid (``round`` picks the nearest integer), so ``Σ rounding errors`` of the others plus
+    the exact clipped errors of the ``n_extreme`` smallest and largest weights bounds a candidate
+    from below; only groups whose bound is below their best error are evaluated in full (a 0.001%
+    margin keeps float rounding of the bound from pruning a candidate that would win).
+    """
+    qmin, qmax = qrange(bits, False)
+    c_out, n_groups, g = wg.shape
+    rows = wg.reshape(-1, g)  # (R, G)
+    scale, zero_point, best_err = scale.reshape(-1).clone(), zero_point.reshape(-1).clone(), best_err.reshape(-1).clone()
+    x_min = torch.minimum(rows.amin(dim=-1), torch.zeros(()))
+    x_max = torch.maximum(rows.amax(dim=-1), torch.zeros(()))
+    width = x_max - x_min  # (R,)
+    m = min(n_extreme, g // 2)
+    ordered = rows.sort(dim=-1).values
+    ext = torch.cat([ordered[:, :m], ordered[:, g - m:]], dim=1)  # (R, 2m) distinct elements
+    for k in range(1, grid + 1):
+        s = (width * (k / grid) / (qmax - qmin)).clamp_min(eps)  # (R,)
+        sg = s[:, None]
+        r = torch.round(rows / sg)  # codes before the zero point: shared by every zero point
+        rounding = (r * sg - rows).abs().pow(p).sum(dim=-1)  # lower bound of every zero point's error
+        live = (rounding * (1 - 1e-5) < best_err).nonzero().squeeze(1)
+        if len(live) == 0:
+            continue
+        r_l, s_l, w_l, e_l = r[live], sg[live], rows[live], ext[live]
+        r_e = torch.round(e_l / s_l)
+        base = rounding[live] - (r_e * s_l - e_l).abs().pow(p).sum(dim=-1)
+        for zp in range(qmin, qmax + 1):
+            # clamp(r + zp, qmin, qmax) - zp, exact in float for these small integers
+            bound = base + (torch.clamp(r_e, qmin - zp, qmax - zp) * s_l - e_l).abs().pow(p).sum(dim=-1)
+            cand = (bound * (1 - 1e-5) < best_err[live]).nonzero().squeeze(1)
+            if len(cand) == 0:
+                continue
+            err = (torch.clamp(r_l[cand], qmin - zp, qmax - zp) * s_l[cand] - w_l[cand]).abs().pow(p).sum(dim=-1)
+            idx = live[cand]
+            better = err < best_err[idx] * (1 - 1e-6)  # a real gain, not a last-bit difference of pow
+            idx = idx[better]
+            best_err[idx] = err[better]
+            scale[idx] = s[idx]
+            zero_point[idx] = float(zp)
+    shape = (c_out, n_groups)
+    return scale.reshape(shape), zero_point.reshape(shape), best_err.reshape(shape)
+
+
+def _lp_search_2d_reference(wg, bits, p, grid, eps: float = 1e-8):
+    """Unpruned 2-D search (every candidate on every group); for tests of :func:`_lp_search_2d`."""
+    qmin, qmax = qrange(bits, False)
+    x_min = torch.minimum(wg.amin(dim=-1), torch.zeros(()))
+    x_max = torch.maximum(wg.amax(dim=-1), torch.zeros(()))
+    best = torch.full_like(x_min, float("inf"))
+    scale, zero_point = torch.zeros_like(best), torch.zeros_like(best)
+    for k in range(1, grid + 1):
+        s = ((x_max - x_min) * (k / grid) / (qmax - qmin)).clamp_min(eps)
+        for zp in range(qmin, qmax + 1):
+            z = torch.full_like(s, float(zp))
+            err = lp_error(wg, s, z, bits, False, p)
+            better = err < best
+            best, scale, zero_point = torch.where(better, err, best), torch.where(better, s, scale), torch.where(better, z, zero_point)
+    return scale, zero_point, best
+
+
 def weight_qparams(
     w: torch.Tensor,
     bits: int,
@@ -134,8 +249,16 @@ def weight_qparams(
         w: ``[C_out, C_in]`` weight.
         clip: ``"minmax"`` uses the full range; ``"lp"`` searches shrink factors
             ``1, 1 - 1/grid, ...`` down to ``1 - max_shrink`` and keeps, per group, the one that
-            minimises ``sum |Q(w) - w|^p``; ``"signed-max"`` (symmetric grids only) is
-            llama.cpp's Q4_0 rule, see :func:`signed_max_scale`.
+            minimises ``sum |Q(w) - w|^p`` (:func:`lp_error`); ``"lp2d"`` (the LRQ authors' W3
+            initialisation, QDrop's 2-D search) then also tries, per group, every range
+            ``k/grid · (max(w,0) − min(w,0))``, k = 1..grid, with every zero point ``0..2^b−1`` of an
+            asymmetric grid (``grid · 2^b`` candidates), keeping a candidate only where it lowers
+            the Lp error — so it is never worse than ``"lp"`` (nor min/max). On a symmetric grid the
+            zero point is fixed at 0 and ``"lp2d"`` is exactly ``"lp"``. ``"signed-max"``
+            (symmetric grids only) is llama.cpp's Q4_0 rule, see :func:`signed_max_scale`.
+        p: Exponent of the Lp searches.
+        grid: Shrink steps per unit of range (``"lp"``), ranges (``"lp2d"``).
+        max_shrink: Largest fraction of the range the 1-D search may cut.
     Returns:
         ``(scale, zero_point)``, each ``[C_out, n_groups]``.
     """
@@ -149,20 +272,11 @@ def weight_qparams(
             )
         d = signed_max_scale(wg, bits)
         return d, torch.zeros_like(d)
-    x_min, x_max = wg.amin(dim=-1), wg.amax(dim=-1)
-    scale, zero_point = minmax_qparams(x_min, x_max, bits, symmetric)
     if clip == "minmax":
-        return scale, zero_point
-    best_err = torch.full_like(scale, float("inf"))
-    for i in range(int(max_shrink * grid)):
-        shrink = 1.0 - i / grid
-        s, z = minmax_qparams(shrink * x_min, shrink * x_max, bits, symmetric)
-        err = (dequantize(quantize(wg, s[..., None], z[..., None], bits, symmetric), s[..., None], z[..., None]) - wg)
-        err = err.abs().pow(p).sum(dim=-1)  # (C_out, n_groups)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        scale = torch.where(better, s, scale)
-        zero_point = torch.where(better, z, zero_point)
+        return minmax_qparams(wg.amin(dim=-1), wg.amax(dim=-1), bits, symmetric)
+    scale, zero_point, err = _lp_search_1d(wg, bits, symmetric, p, grid, max_shrink)
+    if clip == "lp2d" and not symmetric:
+        scale, zero_point, err = _lp_search_2d(wg, bits, p, grid, scale, zero_point, err)
     return scale, zero_point
 
 
