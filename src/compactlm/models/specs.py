@@ -19,6 +19,9 @@ from torch import nn
 from compactlm.errors import CompactLMError
 
 
+LINEAR_ROLES = ("attention", "mlp")
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """Layout of one architecture family.
@@ -40,6 +43,8 @@ class ArchSpec:
         conv1d: Linears are GPT-2 ``Conv1D`` (weight stored ``[C_in, C_out]``).
         block_norms: Every norm module inside a block (NN-LUT replaces them all).
         embedding_norm: Norm after the embeddings under ``model.base_model`` (BERT), if any.
+        group_roles: Sub-layer of each entry of ``linear_groups`` (``"attention"`` or ``"mlp"``),
+            same length; read through :meth:`linear_role` (LRQ's rank rule by layer role).
     """
 
     model_types: tuple[str, ...]
@@ -57,6 +62,18 @@ class ArchSpec:
     block_norms: tuple[str, ...] = ()
     embedding_norm: str | None = None
     extra: dict = field(default_factory=dict)
+    group_roles: tuple[str, ...] = ("attention", "attention", "mlp", "mlp")
+
+    def __post_init__(self) -> None:
+        if len(self.group_roles) != len(self.linear_groups) or not set(self.group_roles) <= set(LINEAR_ROLES):
+            raise ValueError(f"ArchSpec {self.model_types}: group_roles must give one of {LINEAR_ROLES} per linear group")
+
+    def linear_role(self, name: str) -> str:
+        """``"attention"`` or ``"mlp"``: the sub-layer the block linear ``name`` belongs to."""
+        for group, role in zip(self.linear_groups, self.group_roles):
+            if name in group:
+                return role
+        raise CompactLMError(f"linear {name!r} is not a block linear of {self.model_types[0]}; known: {', '.join(self.linears)}")
 
     @property
     def linears(self) -> tuple[str, ...]:
