@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from compactlm.ptq.engine import ReconstructionConfig, reconstruct
-from compactlm.quant.primitives import expand_groups, group_size_for, qrange, round_ste, weight_qparams
+from compactlm.quant.primitives import expand_groups, group_size_for, qrange, round_ste_fused, weight_qparams
 from compactlm.quant.qweight import QuantizedWeight, code_dtype
 from compactlm.quant.scheme import QuantScheme
 from compactlm.quant.weight_quantizers import WeightQuantizer
@@ -42,7 +42,8 @@ class LogScaleRounding(WeightQuantizer):
     Args:
         weight: ``[C_out, C_in]`` full-precision weight (initialises ``s1`` and ``z``; not stored).
         scheme: Weight bits, group size and symmetry.
-        clip: ``s1`` initialisation: ``"minmax"`` or ``"lp"``.
+        clip: ``s1`` initialisation: ``"minmax"``, ``"lp"``, ``"lp2d"`` or ``"signed-max"``
+            (:func:`~compactlm.quant.primitives.weight_qparams`).
     """
 
     def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax"):
@@ -65,11 +66,13 @@ class LogScaleRounding(WeightQuantizer):
         return self.s1_init * torch.exp(self.log_s1_delta)
 
     def _codes(self, w: torch.Tensor, ste: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # s1 and z are repeated to [C_out, C_in] (not broadcast per group): broadcasting gives the
+        # same values but sums log_s1_delta's gradient in another order (different last bits)
         qmin, qmax = qrange(self.bits, self.symmetric)
         s1 = expand_groups(self.s1(), self.group_size)  # (C_out, C_in)
         z = expand_groups(self.zero_point, self.group_size)
         x = w.float() / (s1 * torch.exp(self.log_divisor()))
-        q = torch.clamp((round_ste(x) if ste else torch.round(x)) + z, qmin, qmax)
+        q = torch.clamp((round_ste_fused(x) if ste else torch.round(x)) + z, qmin, qmax)
         return q, s1, z
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
