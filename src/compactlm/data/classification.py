@@ -1,6 +1,6 @@
 """Sentence(-pair) classification tasks with fixed, disjoint train / validation / test splits.
 
-Offline sources (RESOURCES.md), fetched once from PyPI wheels through :func:`compactlm.cache.wheel_file`:
+Offline sources, fetched once from PyPI wheels through :func:`compactlm.cache.wheel_file`:
 
 * ``sarcasm`` — news headlines, 1 = sarcastic (``evals==3.0.1.post1``,
   ``evals/registry/data/sarcasm/samples.jsonl``: text ``input[-1].content``, label ``ideal``).

@@ -1,4 +1,4 @@
-"""Encoder QAT with knowledge distillation from the fine-tuned FP teacher (METHODS.md §2.2).
+"""Encoder QAT with knowledge distillation from the fine-tuned FP teacher.
 
 Kim et al., "Understanding and Improving Knowledge Distillation for Quantization-Aware Training of
 Large Transformer Encoders", EMNLP 2022 (arXiv 2211.11014). The student starts as a copy of the

@@ -1,4 +1,4 @@
-"""SDQ — self-distilled quantization (O'Neill & Dutta, arXiv 2307.05972; METHODS.md §2.3).
+"""SDQ — self-distilled quantization (O'Neill & Dutta, arXiv 2307.05972).
 
 The student (a copy of the fine-tuned FP teacher) is trained with Quant-Noise (Fan et al., 2020):
 on each step only a random share ``p`` of its weight blocks is replaced by the 8-bit quantized

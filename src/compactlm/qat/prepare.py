@@ -7,7 +7,7 @@
 (:mod:`compactlm.quant.weight_quantizers`), the input activations are fake-quantized when the scheme
 asks for it (dynamic ranges only: static ranges need a calibration pass that QAT would
 invalidate), and the k/v projections carry the scheme's ``-kv<bits>`` output quantizer already
-during training. Embeddings and ``lm_head`` stay full precision (W2A16 of TSLD, METHODS.md §2.1).
+during training. Embeddings and ``lm_head`` stay full precision (W2A16 of TSLD).
 
 ``convert_qat(model)`` replaces each fake-quant layer by a :class:`~compactlm.quant.QuantLinear`
 on the :class:`~compactlm.quant.QuantizedWeight` of its quantizer, so

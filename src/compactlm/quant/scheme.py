@@ -1,7 +1,7 @@
 """Quantization schemes: what is quantized, to how many bits, at what granularity.
 
 A scheme is a small frozen dataclass, round-trippable through a string (``"w4a16-g64"``) and a
-dict (JSON / YAML recipes). Presets follow the settings of the LRQ paper (METHODS.md §1.3):
+dict (JSON / YAML recipes). Presets follow the settings of the LRQ paper:
 
 =========  ==========================================  =====================================
 preset     weights                                     input activations of every linear

@@ -29,7 +29,7 @@ FlexRound / LRQ implements the same three methods and plugs into
   by ``g = 1/√(N·q_max)`` (``N`` weights per step) (:class:`LSQQuantizer`).
 * **min/max** asymmetric (or symmetric) ``b``-bit uniform per output channel or per group of ``G``
   input columns, range recomputed from ``W`` each step (:class:`MinMaxQuantizer`, the 4-bit baseline
-  of METHODS.md §2.1), built on :func:`compactlm.quant.weight_qparams` / :func:`~compactlm.quant.fake_quant`.
+  of TSLD), built on :func:`compactlm.quant.weight_qparams` / :func:`~compactlm.quant.fake_quant`.
   With a symmetric grid and a pre-clip it is the encoders' uniform quantizer (Kim et al., EMNLP 2022,
   after TernaryBERT): ``W_c = clamp(W, ±c)``, ``s = max|W_c| / (2^(b−1) − 1)`` per row,
   ``Ŵ = s · round(W_c / s)``.

@@ -1,6 +1,6 @@
 """Wikidata facts from BIG-bench ``qa_wikidata``: templated prompts parsed into (subject, relation, object).
 
-``qa_wikidata/task.json`` (in the ``bigbench==1.0.0`` sdist on PyPI, 358 MB; RESOURCES.md) holds
+``qa_wikidata/task.json`` (in the ``bigbench==1.0.0`` sdist on PyPI, 358 MB) holds
 20,442 prompts written from Wikidata triples by a fixed set of templates, e.g.
 ``{"input": "The capital of Afghanistan is", "target": "Kabul"}`` or
 ``{"input": "Sussex shares a border with", "target": ["Hampshire", "Surrey", "Kent"]}``.
