@@ -13,7 +13,7 @@ timeout "${BUDGET_S:-540}" "$PY" bench/distill/run.py --tag gpu-h200 --device cu
   --data olmo-gen --unseen-tasks drop,trivia_qa,gsm8k \
   --samples 1024 --seq-len 256 --max-new-tokens 32 \
   --student-layers 15 --sft-steps 100 --sft-lr 1e-4 --steps 60 --lr 5e-5 --batch-size 8 \
-  --eval-samples 24 --eval-seeds 0,1,2,3,4 \
+  --eval-samples 24 --eval-seeds 0,1,2,3,4 --ppl-tokens 20480 \
   --rows teacher,sft-init,sft,kd,rkl,seqkd,gkd,distillm,promptkd,promptkd-w4,kd-w4 \
   || echo "stopped (time budget or a failed row); rerun the same command to resume"
 "$PY" bench/distill/run.py --report

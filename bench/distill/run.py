@@ -52,19 +52,20 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="cpu-tiny", help="budget label; rows are keyed by (tag, row)")
     p.add_argument("--name", default="distill", help="results file stem under bench/results")
     p.add_argument("--teacher", default="smollm2-135m")
-    p.add_argument("--student-layers", type=int, default=15)
+    p.add_argument("--student-layers", type=int, default=20)
     p.add_argument("--data", default="olmo-gen:naturalqs_open,jeopardy,trivia_qa")
     p.add_argument("--unseen-tasks", default="trivia_qa")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=96)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--sft-steps", type=int, default=20)
+    p.add_argument("--sft-steps", type=int, default=30)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--sft-lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--sft-lr", type=float, default=3e-4)
     p.add_argument("--eval-samples", type=int, default=8)
     p.add_argument("--eval-seeds", default="0,1,2")
+    p.add_argument("--ppl-tokens", type=int, default=0, help="wiki-eval tokens for each student's perplexity (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench-distill"))
@@ -93,14 +94,14 @@ def _budget(a) -> dict:
     return {"teacher": a.teacher, "student_layers": a.student_layers, "data": a.data, "unseen_tasks": a.unseen_tasks,
             "samples": a.samples, "seq_len": a.seq_len, "max_new_tokens": a.max_new_tokens, "sft_steps": a.sft_steps,
             "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "sft_lr": a.sft_lr,
-            "eval_samples": a.eval_samples, "eval_seeds": a.eval_seeds}
+            "eval_samples": a.eval_samples, "eval_seeds": a.eval_seeds, "ppl_tokens": a.ppl_tokens}
 
 
 def _common(a) -> list[str]:
     return ["--data", a.data, "--unseen-tasks", a.unseen_tasks, "--samples", str(a.samples), "--seq-len", str(a.seq_len),
             "--max-new-tokens", str(a.max_new_tokens), "--batch-size", str(a.batch_size), "--seed", str(a.seed),
             "--eval-samples", str(a.eval_samples), "--eval-seeds", a.eval_seeds, "--device", a.device,
-            "--no-progress"]
+            "--no-progress"] + (["--ppl-tokens", str(a.ppl_tokens)] if a.ppl_tokens else [])
 
 
 def command(a, row: str) -> list[str]:
@@ -138,6 +139,7 @@ def _record(a, row: str, report: dict, cmd: list[str], wall: float) -> dict:
               "rougeL_unseen_greedy"):
         rec[k] = s.get(k)
     tasks = (ev.get("sampled") or {}).get("tasks") or {}
+    rec["wiki_eval_ppl"] = report.get("wiki_eval_ppl")
     rec["per_task"] = {t: round(v["mean"], 2) for t, v in tasks.items()}
     hist = report.get("history") or []
     if hist:
@@ -165,6 +167,11 @@ def teacher_report(a) -> dict:
     n = sum(p.numel() for p in model.parameters())
     report = {"method": "teacher", "steps": 0, "seconds_train": 0.0, "seconds_eval": round(time.perf_counter() - t0, 2),
               "params": {"student": n, "prompt": 0, "prompt_fraction_of_teacher": 0.0}, "eval": ev}
+    if a.ppl_tokens:
+        from compactlm.eval.perplexity import perplexity
+
+        report["wiki_eval_ppl"] = perplexity(model, tok, "wiki-eval", seq_len=min(512, a.ppl_tokens),
+                                             max_tokens=a.ppl_tokens)["ppl"]
     report["summary"] = summarize(report)
     return report
 
@@ -214,15 +221,16 @@ def write_report(name: str) -> None:
                   f"{b['max_new_tokens']} tokens; {b['eval_samples']} evaluation pairs per task, seeds "
                   f"{b['eval_seeds']}.", "",
                   "| row | ROUGE-L seen (sampled) | unseen (sampled) | seen greedy | unseen greedy | per task (sampled) "
-                  "| train s | prompt params (% of teacher) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| wiki-eval PPL | train s | prompt params (% of teacher) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
             per = ", ".join(f"{t} {v:.1f}" for t, v in sorted(r.get("per_task", {}).items()))
             prompt = (f"{r['prompt_params']} ({100 * r['prompt_fraction_of_teacher']:.4f}%)" if r.get("prompt_params")
                       else "–")
             lines.append(f"| {r['row']} | {_fmt(r['rougeL_seen'], r['rougeL_seen_std'])} | "
                          f"{_fmt(r['rougeL_unseen'], r['rougeL_unseen_std'])} | {_fmt(r['rougeL_seen_greedy'])} | "
-                         f"{_fmt(r['rougeL_unseen_greedy'])} | {per} | {r['seconds_train']:.0f} | {prompt} |")
+                         f"{_fmt(r['rougeL_unseen_greedy'])} | {per} | {_fmt(r.get('wiki_eval_ppl'))} | "
+                         f"{r['seconds_train']:.0f} | {prompt} |")
         lines.append("")
         methods = [r for r in rs if r["row"] in METHOD_ROWS and r.get("rougeL_unseen") is not None]
         if methods:
@@ -232,7 +240,10 @@ def write_report(name: str) -> None:
             lines += [f"Targets: best unseen ROUGE-L: **{best['row']}** ({best['rougeL_unseen']:.2f}); "
                       f"PromptKD highest on unseen: {'met' if best['row'] == 'promptkd' else 'missed'}. "
                       f"KD methods above SFT-only on unseen: {', '.join(beat) or 'none'}"
-                      + (f" (of {len(methods) - 1})." if sft else "."), ""]
+                      + (f" (of {len(methods) - 1})." if sft else "."),
+                      "", f"Read with care: {b['eval_samples']} evaluation pairs per task and {b['steps']} steps per "
+                      "method; the std is over sampling seeds only (not over training seeds or evaluation pairs), so "
+                      "differences of a few points are within noise at this budget.", ""]
     md.write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
