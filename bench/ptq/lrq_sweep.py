@@ -141,6 +141,11 @@ def run_row(name: str, args, command: str) -> None:
 # ----------------------------------------------------------------------------- report
 
 
+def resumed(r: dict) -> str:
+    """Marker for a row whose seconds / it/s cover only the blocks after a resume."""
+    return f" (resumed after {r['resumed_blocks']} blocks: time of the rest only)" if r.get("resumed_blocks") else ""
+
+
 def write_report(records: list[dict], results: Path) -> None:
     fp = next((r for r in records if r["method"] == "fp"), None)
     lines = [
@@ -162,7 +167,7 @@ def write_report(records: list[dict], results: Path) -> None:
         lines.append(
             f"| {r['row']} | {r['scheme']} | {r['budget'].split(',')[0]} | {r['learned_params']:,} | "
             f"{r.get('train_loss_after_sum', '')} | {r.get('holdout_loss_after_sum', '')} | {r['ppl_wiki_eval']:.2f} | "
-            f"{r['ppl_c4_sample']:.2f} | {ratio} | {r['seconds']:.0f} | {r.get('it_per_s') or ''} |")
+            f"{r['ppl_c4_sample']:.2f} | {ratio} | {r['seconds']:.0f}{resumed(r)} | {r.get('it_per_s') or ''} |")
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
