@@ -100,7 +100,7 @@ def run_row(name: str, args, command: str) -> None:
     if method != "fp":
         calib = load_calib(args)
         options = {"iters": args.iters, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "amp": args.amp,
-                   "work_dir": str(Path(args.work) / "work" / row_variant(name, args).replace("|", "_")), **extra}
+                   "holdout": 0.125, "work_dir": str(Path(args.work) / "work" / row_variant(name, args).replace("|", "_")), **extra}
         report = quantize(model, method, args.scheme, calib=calib, **options)
         blocks = report["blocks"]
         fields = {

@@ -166,7 +166,7 @@ def test_eval_every_records_a_curve_without_changing_the_result(calib):
     runs = []
     for every in (0, 2):
         m = tiny_model("llama")
-        r = quantize(m, "lrq", "w4a16", calib=calib, iters=6, eval_every=every, seed=1)
+        r = quantize(m, "lrq", "w4a16", calib=calib, iters=6, eval_every=every, seed=1, holdout=None)
         runs.append((r, {n: q.int_weight.clone() for n, q in m.named_modules() if isinstance(q, QuantLinear)}))
     (plain, g0), (curved, g1) = runs
     assert all(torch.equal(g0[n], g1[n]) for n in g0)
@@ -207,8 +207,9 @@ def test_holdout_0_reproduces_the_previous_engine_bit_for_bit(case, opts):
     assert report["holdout"]["count"] == 0 and report["blocks"][0]["holdout_loss_after"] is None
 
 
-def test_default_holdout_changes_the_split_at_8_samples(calib):
-    report = quantize(tiny_model("llama"), "flexround", "w4a16", calib=calib, iters=2)
+def test_default_holds_nothing_out_and_none_holds_out_an_eighth(calib):
+    assert quantize(tiny_model("llama"), "flexround", "w4a16", calib=calib, iters=1)["holdout"]["count"] == 0
+    report = quantize(tiny_model("llama"), "flexround", "w4a16", calib=calib, iters=2, holdout=None)
     assert report["holdout"]["count"] == 1 and report["it_per_s"] > 0
     assert all(b["it_per_s"] > 0 for b in report["blocks"])
 

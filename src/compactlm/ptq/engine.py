@@ -81,7 +81,8 @@ class ReconstructionConfig:
             the LRQ paper); ``None``: off.
         holdout: Calibration samples held out of every training batch (and of SmoothQuant /
             static-range calibration) to measure held-out block loss: a fraction in (0, 1), a
-            count >= 1, 0 for none; ``None`` = 1/8 of the samples when there are at least 8, else 0.
+            count >= 1, 0 for none (the default: results reproduce runs made before the option
+            existed); ``None`` = 1/8 of the samples when there are at least 8, else 0.
             The same samples are held out for every block (seeded by ``seed``).
         eval_every: Also record train and held-out block loss every this many iterations (the
             block's ``curve`` in the report; costs a forward over the calibration set each time);
@@ -100,7 +101,7 @@ class ReconstructionConfig:
     spill_mb: float = 2048.0
     recon_act_quant: bool | None = None
     smooth_alpha: float | None = None
-    holdout: float | None = None
+    holdout: float | None = 0.0
     eval_every: int = 0
     amp: str | None = None
 
