@@ -69,5 +69,46 @@ def test_apply_luts_returns_a_handle_with_report_and_remove(token_batch):
 
 
 def test_public_names():
-    for name in ("quantize", "qat", "apply_luts", "load_model", "save_quantized", "QuantScheme"):
+    for name in ("quantize", "qat", "distill", "apply_luts", "load_model", "save_quantized", "QuantScheme"):
         assert name in compactlm.__all__ and hasattr(compactlm, name)
+
+
+def test_distill_decoder_in_place_and_writes_nothing(tmp_path, monkeypatch):
+    import json as _json
+
+    from compactlm.data.char_tokenizer import char_tokenizer
+    from compactlm.distill.students import depth_pruned_student
+
+    rows = [{"instruction": f"{t} {i}", "output": f"{t[::-1]}{i}", "task": t} for t in ("abc", "xyz", "uvw")
+            for i in range(8)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(_json.dumps(r) for r in rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    teacher = tiny_model("llama", num_hidden_layers=4)
+    student, _ = depth_pruned_student(teacher, 2)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = compactlm.distill(student, teacher, char_tokenizer(), loss="kd", data=str(data), unseen_tasks="uvw",
+                               samples=8, seq_len=170, max_new_tokens=6, steps=3, batch_size=4, lr=1e-3,
+                               eval_samples=0, val_samples=2, device="cpu", progress=False)
+    assert report["steps"] == 3 and "seconds" in report
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())  # trained in place
+    assert list(work.iterdir()) == []
+    with pytest.raises(CompactLMError, match="unknown option"):
+        compactlm.distill(student, teacher, char_tokenizer(), bogus=1)
+
+
+def test_distill_encoder_on_a_task(local_sarcasm_rows):
+    from compactlm.data.char_tokenizer import char_tokenizer
+    from compactlm.distill.ckd import make_student
+
+    teacher = tiny_model("bert", head="sequence-classification")
+    student = make_student(teacher, 1, None)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = compactlm.distill(student, teacher, char_tokenizer(), task="sarcasm", loss="wr", steps=3, batch_size=8,
+                               lr=1e-3, progress=False)
+    assert report["steps"] == 3 or report.get("train_steps") == 3 or "loss_end" in report
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    with pytest.raises(CompactLMError, match="task="):
+        compactlm.distill(student, teacher, char_tokenizer())

@@ -9,6 +9,7 @@ model in place, returns a JSON-able report, and writes nothing — saving is exp
     >>> calib = compactlm.data.token_samples(tok, "wiki", n=32, seq_len=512, seed=0)
     >>> report = compactlm.quantize(model, "rtn", "w4a16", calib=calib, clip="lp")
     >>> report = compactlm.qat(model2, "w2a16", data=calib, loss="tsld", steps=100)
+    >>> report = compactlm.distill(student, teacher, tok, loss="promptkd", steps=100)
     >>> handle = compactlm.apply_luts(model3)          # handle.report(), handle.remove()
 """
 
@@ -198,4 +199,51 @@ def apply_luts(model: nn.Module, luts: Any = "default", ops=("gelu", "silu", "so
     from compactlm.lut.apply import apply_luts as _apply
 
     return _apply(model, luts=luts, ops=ops, entries=entries)
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer,
+    *,
+    loss: str | None = None,
+    task: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict:
+    """Distil ``teacher`` into ``student`` in place; returns the report and writes nothing.
+
+    Causal LMs (no ``task``): instruction data and the generative KD family —
+    ``sft``, ``kd``, ``rkl``, ``seqkd``, ``gkd``, ``distillm``, ``promptkd`` — with the fields of
+    :class:`~compactlm.distill.generative.DistillConfig` as ``options`` (``steps``, ``data``...); the
+    report includes its ROUGE-L evaluation. Encoders (``task`` given): the classification task
+    with the CKD family — ``none``, ``kd``, ``kd-hidden``, ``ckd``, ``wr``, ``ltr`` — and the fields of
+    :class:`~compactlm.distill.ckd.DistillEncoderConfig`.
+
+    Args:
+        student: The student (shares the teacher's tokenizer); trained in place.
+        teacher: The teacher (frozen during training).
+        tokenizer: Their tokenizer.
+        loss: Method / variant name (``None``: the config's default).
+        task: Encoders: the classification task.
+    """
+    spec = get_spec(teacher)
+    if loss is not None:
+        options["loss"] = loss
+    start = time.perf_counter()
+    if task is not None or spec.kind == "encoder":
+        from compactlm.distill.ckd import DistillEncoderConfig, run_distill_encoder
+
+        if task is None:
+            raise CompactLMError("distill: an encoder distils on a classification task: pass task=")
+        _check_options("distill", options, _fields(DistillEncoderConfig) - {"task"})
+        _, report = run_distill_encoder(teacher, tokenizer, DistillEncoderConfig(task=task, **options), student=student,
+                                        progress=progress, eval_splits=())
+    else:
+        from compactlm.distill.generative import DistillConfig, run_distill
+
+        _check_options("distill", options, _fields(DistillConfig) - {"teacher", "student"})
+        report = run_distill(out=None, progress=progress, teacher=teacher, tokenizer=tokenizer, student=student,
+                             **options)
+    return {**report, "seconds": round(time.perf_counter() - start, 2), "peak_mem_mb": round(peak_memory_mb(), 1)}
 
