@@ -89,8 +89,9 @@ def run_cli(capsys):
 
 
 @pytest.fixture
-def local_sarcasm_rows(monkeypatch):
-    """120 synthetic headlines in place of the sarcasm rows (a PyPI wheel), splits 40 / 20 / 60: offline."""
+def local_sarcasm(monkeypatch):
+    """120 synthetic headlines in place of the sarcasm rows (which come from a PyPI wheel), with
+    splits of 40 / 20 / 60, so encoder tests and the CLI run without network or cache."""
     from compactlm.data import classification
 
     rows = [classification.Example(text=f"headline number {i} about {'cats' if i % 3 else 'dogs'}", label=i % 2)

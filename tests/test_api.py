@@ -45,7 +45,7 @@ def test_qat_rejects_bad_options_and_data(token_batch):
     assert not _quant_linears(model)  # refused before touching the model
 
 
-def test_qat_encoder_on_a_task(local_sarcasm_rows):
+def test_qat_encoder_on_a_task(local_sarcasm):
     from compactlm.data.char_tokenizer import char_tokenizer
 
     model = tiny_model("bert", head="sequence-classification")
@@ -99,7 +99,7 @@ def test_distill_decoder_in_place_and_writes_nothing(tmp_path, monkeypatch):
         compactlm.distill(student, teacher, char_tokenizer(), bogus=1)
 
 
-def test_distill_encoder_on_a_task(local_sarcasm_rows):
+def test_distill_encoder_on_a_task(local_sarcasm):
     from compactlm.data.char_tokenizer import char_tokenizer
     from compactlm.distill.ckd import make_student
 

@@ -54,6 +54,7 @@ from compactlm.encoder.finetune import (
     encode_split,
     trim_padding,
 )
+from compactlm.distill.terms import resolve_terms as _resolve_terms
 from compactlm.errors import CompactLMError
 from compactlm.quant.activation import padding_mask
 from compactlm.train import Trainer
@@ -111,16 +112,8 @@ VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
 
 
 def resolve_terms(loss: "str | Sequence") -> tuple[tuple[str, float], ...]:
-    """A variant name or explicit ``((term, weight), ...)`` → checked term list."""
-    if isinstance(loss, str):
-        if loss not in VARIANTS:
-            raise CompactLMError(f"--loss: unknown encoder distillation variant {loss!r}; known: {', '.join(VARIANTS)}")
-        return VARIANTS[loss]
-    terms = tuple((str(n), float(w)) for n, w in loss)
-    for n, _ in terms:
-        if n not in TERMS:
-            raise CompactLMError(f"--loss: unknown loss term {n!r}; known: {', '.join(TERMS)}")
-    return terms
+    """A variant name of :data:`VARIANTS` or explicit ``((term, weight), ...)`` → checked term list."""
+    return _resolve_terms(loss, VARIANTS, TERMS, "encoder distillation variant")
 
 
 def weighted_loss(terms, student: Outputs, teacher: Outputs | None, ctx: TermContext) -> tuple[torch.Tensor, dict]:

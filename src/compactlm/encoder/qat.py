@@ -65,6 +65,7 @@ from compactlm.encoder.finetune import (
     encode_split,
     trim_padding,
 )
+from compactlm.distill.terms import resolve_terms as _resolve_terms
 from compactlm.errors import CompactLMError
 from compactlm.models.attention import AttentionCapture
 from compactlm.models.specs import get_blocks, get_module, get_spec, set_module
@@ -160,16 +161,8 @@ VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
 
 
 def resolve_terms(loss: "str | tuple") -> tuple[tuple[str, float], ...]:
-    """A variant name or explicit ``((term, weight), ...)`` → checked term list."""
-    if isinstance(loss, str):
-        if loss not in VARIANTS:
-            raise CompactLMError(f"--loss: unknown encoder KD variant {loss!r}; known: {', '.join(VARIANTS)}")
-        return VARIANTS[loss]
-    terms = tuple((str(n), float(w)) for n, w in loss)
-    for n, _ in terms:
-        if n not in TERMS:
-            raise CompactLMError(f"--loss: unknown loss term {n!r}; known: {', '.join(TERMS)}")
-    return terms
+    """A variant name of :data:`VARIANTS` or explicit ``((term, weight), ...)`` → checked term list."""
+    return _resolve_terms(loss, VARIANTS, TERMS, "encoder KD variant")
 
 
 def kd_forward(model: nn.Module, batch: dict, needs: set[str], detach: bool = False) -> KDOutputs:
