@@ -123,14 +123,16 @@ def _loopback_error() -> str | None:
     return None
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("job", ["decoder", "encoder"])
+def test_two_processes_match_one(tmp_path, job):
     """`accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU (torchrun, gloo DDP on CPU)
-    gives the single-process losses. (`--cpu` alone runs one process: accelerate's multi-CPU launcher is mpirun.)"""
+    gives the single-process losses, for decoder QAT and for encoder KD-QAT (its own accelerator and
+    padding trim). (`--cpu` alone runs one process: accelerate's multi-CPU launcher is mpirun.)"""
     if (why := _loopback_error()) is not None:
         pytest.skip(f"DDP rendezvous needs the loopback interface: {why}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, str(WORKER), str(one)], check=True, env=env, timeout=120)
+    subprocess.run([sys.executable, str(WORKER), job, str(one)], check=True, env=env, timeout=120)
     launcher = Path(sys.executable).with_name("accelerate")
     import socket
 
@@ -139,7 +141,7 @@ def test_two_processes_match_one(tmp_path):
         port = s.getsockname()[1]
     subprocess.run([str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-                    str(WORKER), str(two)], check=True, env=env, timeout=300)
+                    str(WORKER), job, str(two)], check=True, env=env, timeout=300)
     h1, h2 = json.loads(one.read_text()), json.loads(two.read_text())
     assert h1["processes"] == 1 and h2["processes"] == 2
     for a, b in zip(h1["history"], h2["history"], strict=True):

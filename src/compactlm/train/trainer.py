@@ -219,6 +219,12 @@ class Trainer:
         job: The job's own settings (scheme, loss, task, ...): saved in the checkpoint, and a
             checkpoint with other settings is not resumed.
         desc: Progress-bar label.
+
+    Each global batch of ``batch_size`` examples is split evenly over the processes (DDP) and
+    ``grad_accum`` micro-batches; the loss of each micro-batch is ``compute_loss``'s own mean, and the
+    micro-batch gradients are averaged. A token-mean loss over padded data therefore weighs a token by
+    its micro-batch's token count, so with padding 1 and 2 processes differ slightly (tested equal
+    without padding, ``tests/train/test_trainer.py::test_two_processes_match_one``).
     """
 
     def __init__(self, model: nn.Module, compute_loss: LossFn, data, config: TrainConfig,
