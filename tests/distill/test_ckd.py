@@ -66,3 +66,15 @@ def test_hidden_mse_trains_a_projection_for_a_narrower_student():
     history = trainer.train()
     assert history[-1]["hidden"] < history[0]["hidden"]
     assert trainer.unwrapped.student is student and trainer.unwrapped.projection.proj.weight.shape == (64, 32)
+
+
+@pytest.mark.parametrize("loss,ok", [("ckd", False), ("ltr", False), ("wr", True), ("kd-hidden", True)])
+def test_one_layer_student_and_ltr_angle_is_a_one_line_error(loss, ok):
+    teacher = _sharp_teacher("bert")
+    student = make_student(teacher, layers=1)
+    config = TrainConfig(steps=1, batch_size=16, lr=1e-3, warmup=0.0, max_grad_norm=0.0)
+    if ok:
+        distill_trainer(student, teacher, _data(), VARIANTS[loss], config, progress=False).train()
+    else:
+        with pytest.raises(CompactLMError, match=r"--student-layers: the ltr_angle term needs .* at least 2 layers \(got 1\)"):
+            distill_trainer(student, teacher, _data(), VARIANTS[loss], config, progress=False)

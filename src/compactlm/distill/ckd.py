@@ -202,12 +202,27 @@ class DistillEncoderConfig(FinetuneConfig):
         return resolve_terms(self.terms if self.terms is not None else self.loss)
 
 
+# fewest student blocks each relation term needs: LTR relates one token's states across the matched
+# layers (embeddings + blocks): the distribution needs 2 states, the angle 3
+MIN_BLOCKS = {"ltr_dist": 1, "ltr_angle": 2}
+
+
+def check_depth(terms, n_blocks: int) -> None:
+    """One-line error when the student is too shallow for a term (rather than a ``ValueError`` mid-step)."""
+    for name, _ in terms:
+        need = MIN_BLOCKS.get(name, 0)
+        if n_blocks < need:
+            raise CompactLMError(f"--student-layers: the {name} term needs a student with at least {need} "
+                                 f"layers (got {n_blocks}); use more layers or a loss without LTR (kd, wr, kd-hidden)")
+
+
 def distill_trainer(student: nn.Module, teacher: nn.Module | None, train: dict, terms, config, *,
                     temperature: float = 1.0, checkpoint_dir=None, job: dict | None = None, progress: bool = True,
                     desc: str = "distill") -> Trainer:
     """Train ``student`` on the weighted ``terms`` on the one trainer; returns the trainer (student
     at ``trainer.unwrapped`` — or ``.student`` of it when a projection was trained)."""
     hidden = needs_hidden(terms)
+    check_depth(terms, student.config.num_hidden_layers)
     model: nn.Module = student
     if any(n == "hidden" for n, _ in terms):
         w_s, w_t = student.config.hidden_size, teacher.config.hidden_size
