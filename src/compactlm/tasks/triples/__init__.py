@@ -11,6 +11,12 @@
 * :mod:`.augment` — type-consistent entity swapping: augmented test sets, training augmentation.
 * :mod:`.metrics` — seen/unseen bookkeeping and micro P/R/F1.
 * :mod:`.parse` — the ``head | relation | tail`` output format of a generative extractor.
+* :mod:`.prepare` — :func:`prepare_data`: corpus, split, augmented test set and training
+  augmentation of one experiment (what ``re data`` writes and ``re train`` trains on).
+* :mod:`.extractor` — :class:`TripleExtractor`: the span-based joint extractor (encoder, BIO
+  spans, pairwise relations), its loss, decoding and run-directory format.
+* :mod:`.training` — :func:`train_extractor` (the one trainer, selection on validation),
+  :func:`evaluate_extractor`, :func:`quantize_extractor` (RTN), :func:`prune_extractor` (depth).
 """
 
 from __future__ import annotations
@@ -22,8 +28,15 @@ from compactlm.tasks.triples.metrics import PRF, is_seen, report, score, unseen_
 from compactlm.tasks.triples.parse import format_triples, parse_generation, parse_triples
 from compactlm.tasks.triples.sources import DISTANT, DistantConfig, load_splits
 from compactlm.tasks.triples.splits import Splits, rearrange, sift, sifted, standard_split
+from compactlm.tasks.triples.prepare import Prepared, prepare_data
+from compactlm.tasks.triples.extractor import ExtractorConfig, TripleExtractor, extraction_loss
+from compactlm.tasks.triples.training import (
+    ExtractorTrainConfig, build_extractor, evaluate_extractor, prune_extractor, quantize_extractor, train_extractor,
+)
 
 __all__ = [
+    "ExtractorConfig", "ExtractorTrainConfig", "Prepared", "TripleExtractor", "build_extractor", "evaluate_extractor",
+    "extraction_loss", "prepare_data", "prune_extractor", "quantize_extractor", "train_extractor",
     "DISTANT", "PRF", "DistantConfig", "EntityPool", "Splits", "Triple", "TripleExample", "augment_test_set",
     "augment_training", "format_triples", "is_seen", "load_splits", "normalize", "parse_generation",
     "parse_triples", "read_file", "rearrange", "report", "score", "sift", "sifted", "standard_split",
