@@ -17,19 +17,20 @@ def write_report(rows: list[dict]) -> None:
     get = lambda name, t: next((r for r in rows if r["row"] == name and r["threads"] == t), None)  # noqa: E731
     names = list(dict.fromkeys(r["row"] for r in rows))
     fp = get("fp", 2) or get("fp", 1)
-    ref = get("llamacpp-q4_0", 2) or get("llamacpp-q4_0", 1)
+    refs = {q: get(f"llamacpp-{q}", 2) or get(f"llamacpp-{q}", 1) for q in ("q4_0", "q8_0")}
     lines = ["# GGUF in llama.cpp: compactlm's codes against llama.cpp's own Q4_0 (smollm2-135m)", "",
              "Produced by `.venv/bin/python bench/gguf/run.py` (file commands in `gguf.json`). PPL computed by "
              f"llama.cpp (llama-cpp-python {rows[0]['llama_cpp_python']}) on {rows[0]['ppl_tokens']} scored "
              "`wiki-eval` tokens (512-token windows, the ids compactlm's evaluator uses); decode = 64 greedy tokens after a 512-token prompt, median of "
              f"{rows[0]['reps']} after a warm-up; logit diff = largest |llama.cpp − compactlm| logit on the first window "
              "(llama.cpp quantizes activations to 8-bit blocks in its dot products, so it is not bit-exact).", "",
-             "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp Q4_0's | decode tok/s 1 thr | 2 thr | "
-             "compactlm in-process decode 1 / 2 thr | max logit diff | codes = llama.cpp Q4_0's |",
+             "| file | MB | PPL (llama.cpp) | ΔPPL vs FP | ΔPPL ÷ llama.cpp's own (same type) | decode tok/s 1 thr | 2 thr | "
+             "compactlm in-process decode 1 / 2 thr | max logit diff | codes = llama.cpp's (same type) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in names:
         r = get(n, 2) or get(n, 1)
         d = None if fp is None else r["ppl_llamacpp"] - fp["ppl_llamacpp"]
+        ref = refs.get(n.rsplit("-", 1)[-1])
         ratio = None if (d is None or ref is None or n in ("fp",)) else d / (ref["ppl_llamacpp"] - fp["ppl_llamacpp"])
         t1, t2 = get(n, 1), get(n, 2)
         diff = r.get("max_logit_diff_vs_compactlm")
@@ -38,9 +39,25 @@ def write_report(rows: list[dict]) -> None:
                      f"{t2['decode_tok_s'] if t2 else '–'} | "
                      f"{(t1 or {}).get('compactlm_decode_tok_s') or '–'} / {(t2 or {}).get('compactlm_decode_tok_s') or '–'} | "
                      f"{'–' if diff is None else f'{diff:.3f}'} | {_share(r.get('codes_same_as_llamacpp'))} |")
-    lines += ["", "codes = llama.cpp Q4_0's: share of the Q4_0 weight codes in the file identical to those "
-              "llama.cpp's quantizer wrote (`codes_agreement` in run.py; rows recorded before that column have –). "
-              "`rtn-signedmax` is RTN with llama.cpp's own scale rule (`--clip signed-max`, d = x_e / −8)."]
+    lines += ["", "codes = llama.cpp's: share of the weight codes in the file identical to those llama.cpp's "
+              "quantizer wrote to the same type (`codes_agreement` in run.py; rows recorded before that column have –). "
+              "`rtn-signedmax` is RTN with llama.cpp's own scale rule (`--clip signed-max`, d = x_e / −8). "
+              "`llamacpp-imatrix-q4_0` is llama.cpp's Q4_0 with an importance matrix (mean squared input "
+              "activation per column, from compactlm's calibration windows) and `pure` (every block linear Q4_0)."]
+    speed_file = RESULTS / "gguf-speed.json"
+    if speed_file.is_file():
+        import json
+
+        speed = json.loads(speed_file.read_text())
+        lines += ["", "## Decode speed measured in alternation", "",
+                  "Files loaded together and timed one repetition each in turn (64 greedy tokens after a 512-token "
+                  "prompt), so load from other jobs falls on all alike. Median of the repetitions; ratio to the "
+                  "first file of the set.", "",
+                  "| files compared | threads | file | MB | decode tok/s | ratio | reps | load avg |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for x in speed:
+            lines.append(f"| {x['rows']} | {x['threads']} | {x['row']} | {x['file_mb']} | {x['decode_tok_s']} | "
+                         f"{x['ratio_to_first']:.3f} | {x['reps']} | {x['loadavg_1min']:.1f} |")
     (RESULTS / "gguf.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
