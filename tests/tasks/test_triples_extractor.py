@@ -87,9 +87,12 @@ def test_decode_hand_made_logits_gives_triples():
         out[0, 1, 1] = -1.0  # Italy -> Rome: below the threshold
         return out
 
-    triples = m.decode([sentence], logits, [offsets], relate)
+    found = m.decode([sentence], logits, [offsets], relate)
     assert seen["pairs"] == [[0, 3, 8, 12], [8, 12, 0, 3]]
-    assert triples == [[("Rome", "capital of", "Italy"), ("Rome", "located in", "Italy")]]
+    assert [[t for t, _ in f] for f in found] == [[("Rome", "capital of", "Italy"), ("Rome", "located in", "Italy")]]
+    assert found[0][1][1] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    low = m.decode([sentence], logits, [offsets], relate, floor=0.2)  # Italy -> Rome (p = 0.27) above a lower floor
+    assert ("Italy", "located in", "Rome") in [t for t, _ in low[0]]
 
 
 def test_loss_is_masked_on_padding():
@@ -133,7 +136,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     full = _extractor()
     rep_full = train_extractor(full, data, data[:4], cfg, checkpoint_dir=tmp_path / "a", progress=False)
     calls = {"n": 0}
-    real = training.evaluate_extractor
+    real = training.validation_f1
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -141,7 +144,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(training, "evaluate_extractor", flaky)
+    monkeypatch.setattr(training, "validation_f1", flaky)
     with pytest.raises(KeyboardInterrupt):
         train_extractor(_extractor(), data, data[:4], cfg, checkpoint_dir=tmp_path / "b", progress=False)
     resumed = _extractor(seed=5)  # other head init: everything must come from the checkpoint

@@ -70,11 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=float, default=3.0, help="passes over the training sentences (default: %(default)s)")
     A.add_steps(t, default=None, help="optimizer steps, instead of --epochs (None: --epochs)")
     A.add_batch_size(t, default=16, help="sentences per step")
-    t.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
     t.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default: %(default)s)")
     t.add_argument("--max-length", type=int, default=128, metavar="N", help="word pieces per sentence (default: %(default)s)")
     t.add_argument("--neg-ratio", type=float, default=3.0, help="negative span pairs per positive pair (default: %(default)s)")
-    t.add_argument("--threshold", type=float, default=0.5, help="relation probability to predict a triple (default: %(default)s)")
+    t.add_argument("--threshold", type=float, default=None,
+                   help="relation probability to predict a triple (default: chosen on validation with the step)")
     t.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="steps between validation scores (default: about once per epoch)")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
@@ -182,8 +183,8 @@ def run_train(args: argparse.Namespace) -> int:
     relations = sorted({r for e in prep.train_all for _, r, _ in e.triples})
     if (Path(args.model).expanduser() / META).is_file():
         extractor = TripleExtractor.load(args.model, device)
-        A.reject_unused(args, ["threshold", "max_length"], "--model <extractor run> (its settings are kept)")
-        config = dataclasses.replace(config, max_length=extractor.config.max_length, threshold=extractor.config.threshold)
+        A.reject_unused(args, ["max_length"], "--model <extractor run> (its word-piece length is kept)")
+        config = dataclasses.replace(config, max_length=extractor.config.max_length)
     else:
         extractor = build_extractor(args.model, relations, args.max_length, args.threshold, device, args.seed)
     if args.keep_layers is not None:

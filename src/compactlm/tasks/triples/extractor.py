@@ -18,6 +18,9 @@ MiniLM, XLM-R, ...) with two small heads:
   spans: every positive pair, plus ``neg_ratio`` × positives negative pairs drawn with the seed
   (:func:`encode_examples`), at most ``max_pairs`` per sentence.
 
+The last relation bias starts at :data:`PRIOR_LOGIT` (sigmoid ≈ 0.02), so training does not
+spend its first steps pushing 30-odd relation logits of every pair down from 0.
+
 Decoding (:meth:`TripleExtractor.predict`): arg-max tags → spans (:func:`decode_spans`; an ``I``
 that follows ``O`` opens a span) → the text of each span, cut from the sentence by the offsets →
 all ordered pairs of distinct span texts (the first ``max_spans`` spans) → relations above
@@ -59,6 +62,7 @@ FORMAT = 1
 META = "extractor.json"
 HEADS = "heads.safetensors"
 ENCODER = "encoder"
+PRIOR_LOGIT = -4.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,8 @@ class TripleExtractor(nn.Module):
         self.tagger = nn.Linear(hidden, len(TAGS))
         self.relation = nn.Sequential(nn.Linear(5 * hidden, width), nn.GELU(), nn.Dropout(config.dropout),
                                       nn.Linear(width, len(config.relations)))
+        with torch.no_grad():  # start at a low prior (sigmoid ≈ 0.02): most pairs hold no given relation
+            self.relation[-1].bias.fill_(PRIOR_LOGIT)
 
     @property
     def relations(self) -> tuple[str, ...]:
@@ -286,10 +292,12 @@ class TripleExtractor(nn.Module):
     # ---- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, sentences: Sequence[str], tag_logits: torch.Tensor, offsets: Sequence[Sequence[tuple[int, int]]],
-               relate) -> list[list[Triple]]:
-        """Triples of each sentence from tag logits ``(B, T, 3)`` and a ``relate(pairs) -> (B, P, R)``
-        logit function (module doc: spans → pairs → relations above the threshold)."""
+               relate, floor: float | None = None) -> list[list[tuple[Triple, float]]]:
+        """``(triple, probability)`` of each sentence whose probability exceeds ``floor`` (default: the
+        threshold), from tag logits ``(B, T, 3)`` and a ``relate(pairs) -> (B, P, R)`` logit function
+        (module doc: spans → pairs → relations); a triple found twice keeps its highest probability."""
         cfg = self.config
+        floor = cfg.threshold if floor is None else floor
         tags = tag_logits.argmax(-1).tolist()
         per_sentence = []
         for k, sentence in enumerate(sentences):
@@ -302,7 +310,7 @@ class TripleExtractor(nn.Module):
                     texts.append((text, s, e))
             per_sentence.append(texts[:cfg.max_spans])
         n_pairs = max((len(t) * (len(t) - 1) for t in per_sentence), default=0)
-        results: list[list[Triple]] = [[] for _ in sentences]
+        results: list[list[tuple[Triple, float]]] = [[] for _ in sentences]
         if n_pairs == 0:
             return results
         pairs = torch.zeros((len(sentences), n_pairs, 4), dtype=torch.long)
@@ -317,25 +325,27 @@ class TripleExtractor(nn.Module):
             index.append(names)
         probs = torch.sigmoid(relate(pairs).float()).cpu()
         for k, names in enumerate(index):
-            seen: set[Triple] = set()
+            best: dict[Triple, tuple[Triple, float]] = {}
             for j, (head, tail) in enumerate(names):
-                for r in torch.nonzero(probs[k, j] > cfg.threshold).flatten().tolist():
-                    triple = (head, self.relations[r], tail)
-                    if triple_key(triple) not in seen:
-                        seen.add(triple_key(triple))
-                        results[k].append(triple)
+                for r in torch.nonzero(probs[k, j] > floor).flatten().tolist():
+                    triple, p = (head, self.relations[r], tail), float(probs[k, j, r])
+                    key = triple_key(triple)
+                    if key not in best or p > best[key][1]:
+                        best[key] = (best[key][0] if key in best else triple, p)
+            results[k] = list(best.values())
         return results
 
     @torch.no_grad()
-    def predict(self, sentences: Sequence[str], batch_size: int = 32) -> list[list[Triple]]:
-        """``(head, relation, tail)`` triples of each sentence (eval mode, no grad)."""
+    def predict_scored(self, sentences: Sequence[str], batch_size: int = 32,
+                       floor: float | None = None) -> list[list[tuple[Triple, float]]]:
+        """``(triple, probability)`` of each sentence above ``floor`` (default: the threshold); eval mode, no grad."""
         if self.tokenizer is None:
             raise CompactLMError("extractor: no tokenizer; build it with the encoder's fast tokenizer")
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # batches of similar length
-        out: list[list[Triple]] = [[] for _ in sentences]
+        out: list[list[tuple[Triple, float]]] = [[] for _ in sentences]
         try:
             for i in range(0, len(order), batch_size):
                 chunk = [sentences[j] for j in order[i:i + batch_size]]
@@ -345,12 +355,17 @@ class TripleExtractor(nn.Module):
                 offsets = [[tuple(o) if attn[k, j] else (0, 0) for j, o in enumerate(row)]
                            for k, row in enumerate(enc["offset_mapping"])]
                 h, ctx = self.encode(ids, attn)
-                found = self.decode(chunk, self.tagger(h), offsets, lambda p: self.relate(h, ctx, p.to(device)))
+                found = self.decode(chunk, self.tagger(h), offsets, lambda p: self.relate(h, ctx, p.to(device)), floor)
                 for j, triples in zip(order[i:i + batch_size], found):
                     out[j] = triples
         finally:
             self.train(was_training)
         return out
+
+    def predict(self, sentences: Sequence[str], batch_size: int = 32, threshold: float | None = None) -> list[list[Triple]]:
+        """``(head, relation, tail)`` triples of each sentence (probability above ``threshold``,
+        default the extractor's)."""
+        return [[t for t, _ in found] for found in self.predict_scored(sentences, batch_size, threshold)]
 
     # ---- run directory -----------------------------------------------------------------------------
     def head_state(self) -> dict[str, torch.Tensor]:

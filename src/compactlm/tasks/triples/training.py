@@ -2,8 +2,9 @@
 
 * :func:`train_extractor` — fine-tune on the one trainer (:class:`compactlm.train.Trainer`: AdamW,
   linear warm-up and decay, atomic checkpoints, exact resume from ``checkpoint_dir``). The
-  validation split is scored every ``eval_every`` steps (micro F1 over all its triples); the
-  weights of the best validation score are the result (selection never looks at a test set). The
+  validation split is scored every ``eval_every`` steps (micro F1 over all its triples, at each
+  relation threshold of :data:`THRESHOLDS` unless one is fixed); the weights and threshold of the
+  best validation score are the result (selection never looks at a test set). The
   best weights and their score are kept in the checkpoint directory too, so a resumed run selects
   the same step as an uninterrupted one.
 * :func:`evaluate_extractor` — predictions on a test set scored by :func:`.metrics.score` against
@@ -48,6 +49,7 @@ DATA = "data"
 TRAIN_TRIPLES = "train_triples.json"
 BEST = "best.safetensors"
 BEST_META = "best.json"
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ class ExtractorTrainConfig:
         neg_ratio: Negative span pairs per positive pair of a training sentence.
         max_pairs: Span pairs per training sentence.
         relation_weight: Weight of the relation loss beside the tag loss.
-        threshold: Relation probability above which a triple is predicted.
+        threshold: Relation probability above which a triple is predicted; ``None``: chosen with the
+            step, the value of :data:`THRESHOLDS` with the best validation F1.
         eval_every: Steps between validation scores (``None``: about once per epoch, at least 2 per run).
         seed: Seed of head initialisation, negative pairs, data order and dropout.
         checkpoint_every: Steps between trainer checkpoints besides the validation points (``0``: none).
@@ -75,7 +78,7 @@ class ExtractorTrainConfig:
     epochs: float = 3.0
     steps: int | None = None
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 2e-4
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -83,7 +86,7 @@ class ExtractorTrainConfig:
     neg_ratio: float = 3.0
     max_pairs: int = 48
     relation_weight: float = 1.0
-    threshold: float = 0.5
+    threshold: float | None = None
     eval_every: int | None = None
     seed: int = 0
     checkpoint_every: int = 0
@@ -113,7 +116,7 @@ class ExtractorTrainConfig:
                                              "eval_every", "epochs")}
 
 
-def build_extractor(model: str, relations: Sequence[str], max_length: int = 128, threshold: float = 0.5,
+def build_extractor(model: str, relations: Sequence[str], max_length: int = 128, threshold: float | None = None,
                     device: str | torch.device = "cpu", seed: int = 0) -> TripleExtractor:
     """A new extractor on the encoder ``model`` (name, folder, hub id; heads drawn with ``seed``)."""
     from compactlm.models import load_model
@@ -125,7 +128,7 @@ def build_extractor(model: str, relations: Sequence[str], max_length: int = 128,
     if tokenizer is None:
         raise CompactLMError(f"--model: {model} has no tokenizer (tiny random models ship none: save one beside it)")
     torch.manual_seed(seed)
-    config = ExtractorConfig(relations=tuple(relations), max_length=max_length, threshold=threshold)
+    config = ExtractorConfig(relations=tuple(relations), max_length=max_length, threshold=threshold or 0.5)
     return TripleExtractor(encoder.float(), tokenizer, config).to(device)
 
 
@@ -135,6 +138,8 @@ def prune_extractor(extractor: TripleExtractor, layers: int) -> TripleExtractor:
     from compactlm.models.specs import get_blocks
 
     n = len(get_blocks(extractor.encoder))
+    if not 1 <= layers <= n:
+        raise CompactLMError(f"--keep-layers: expected 1..{n} layers (the encoder has {n}), got {layers}")
     prune_depth(extractor.encoder, evenly_spaced(n, layers))
     return extractor
 
@@ -154,6 +159,21 @@ def quantize_extractor(extractor: TripleExtractor, scheme: str = "w4a16") -> dic
 
 def _state_of(model: TripleExtractor) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def validation_f1(extractor: TripleExtractor, validation: Sequence[TripleExample], train_keys: set[Triple],
+                  threshold: float | None = None) -> tuple[float, float]:
+    """``(micro F1 over all triples, threshold)`` on ``validation``: at ``threshold``, or at the best
+    of :data:`THRESHOLDS` (one forward pass; ties go to the lower threshold)."""
+    grid = (threshold,) if threshold is not None else THRESHOLDS
+    scored = extractor.predict_scored([e.sentence for e in validation], floor=min(grid))
+    best = (-1.0, grid[0])
+    for th in grid:
+        preds = [[t for t, p in found if p > th] for found in scored]
+        f1 = score(validation, preds, train_keys)["all"].f1
+        if f1 > best[0]:
+            best = (f1, th)
+    return best
 
 
 def evaluate_extractor(extractor: TripleExtractor, test: Sequence[TripleExample],
@@ -222,16 +242,17 @@ def train_extractor(extractor: TripleExtractor, train: Sequence[TripleExample], 
         if trainer.step < point:
             trainer.train(stop_after=point)
         model = trainer.unwrapped
+        threshold = config.threshold or model.config.threshold
         if validation:
-            val = evaluate_extractor(model, validation, keys)
-            f1 = val["all"]["f1"]
+            f1, threshold = validation_f1(model, validation, keys, config.threshold)
         else:
             f1 = float(point)  # no validation: the last step wins
-        curve.append({"step": point, "val_f1": round(f1, 4) if validation else None,
+        curve.append({"step": point, "val_f1": round(f1, 4) if validation else None, "threshold": threshold,
                       "loss": round(sum(h["loss"] for h in trainer.history[-20:]) / max(1, len(trainer.history[-20:])), 4)})
-        log.info("re train: step %d/%d, validation F1 %s", point, steps, f"{f1:.4f}" if validation else "n/a")
+        log.info("re train: step %d/%d, validation F1 %s at threshold %.1f", point, steps,
+                 f"{f1:.4f}" if validation else "n/a", threshold)
         if f1 > best["f1"]:
-            best = {"step": point, "f1": f1}
+            best = {"step": point, "f1": f1, "threshold": threshold}
             best_state = _state_of(model)
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -243,11 +264,13 @@ def train_extractor(extractor: TripleExtractor, train: Sequence[TripleExample], 
     model = trainer.unwrapped
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.config = dataclasses.replace(model.config, threshold=best.get("threshold", model.config.threshold))
     model.eval()
     losses = [h["loss"] for h in trainer.history]
     return {
         "train_sentences": n, "steps": steps, "batch_size": tc.batch_size, "resumed_at_step": resumed_at,
         "selected_step": best["step"], "validation_f1": round(best["f1"], 4) if validation else None,
+        "threshold": model.config.threshold,
         "validation_curve": curve, "loss_first": round(losses[0], 4) if losses else None,
         "loss_last": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4) if losses else None,
         "train_seconds": round(trainer.seconds, 1), "seconds": round(time.perf_counter() - start, 1),
@@ -305,5 +328,5 @@ def run_test_set(run_dir: str | Path, test: str = "test") -> tuple[str, list[Tri
     return str(path), read_file(path)
 
 
-__all__ = ["ExtractorTrainConfig", "build_extractor", "copy_run_data", "evaluate_extractor", "prune_extractor",
-           "quantize_extractor", "run_test_set", "run_train_keys", "save_run", "train_extractor"]
+__all__ = ["THRESHOLDS", "ExtractorTrainConfig", "build_extractor", "copy_run_data", "evaluate_extractor", "prune_extractor",
+           "quantize_extractor", "run_test_set", "run_train_keys", "save_run", "train_extractor", "validation_f1"]
