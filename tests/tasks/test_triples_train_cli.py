@@ -90,3 +90,19 @@ def test_re_train_and_eval_errors(tmp_path, run_cli, corpus, encoder_dir):
     assert code == 2 and "weight-only" in err
     code, _, err = _train(run_cli, corpus, encoder_dir, run)
     assert code == 2 and "already exists" in err
+
+
+def test_prepare_data_reads_re_data_folders_and_never_leaks_test_triples(tmp_path, run_cli, corpus):
+    from compactlm.tasks.triples import prepare_data, triple_set
+
+    prep = prepare_data(str(corpus), augment_train=2.0, augment_seed=4)
+    assert prep.train_added and prep.test_augmented
+    leaked = triple_set(prep.train_added) & (triple_set(prep.splits.test) | triple_set(prep.test_augmented))
+    assert not leaked
+    assert len(prep.train_all) == len(prep.train) + len(prep.train_added)
+    folder = tmp_path / "data"
+    assert run_cli(["re", "data", "--data", str(corpus), "--augment-train", "1", "--out", str(folder)])[0] == 0
+    again = prepare_data(str(folder))  # train_augmented.jsonl / test_augmented.jsonl do not confuse the reader
+    assert [e.sentence for e in again.splits.test] == [e.sentence for e in prepare_data(str(corpus)).splits.test]
+    assert again.stats["augmented_test"]["source"] == "given" and len(again.splits.train) == len(prep.train)
+    assert prepare_data(str(folder), split="sifted").test_augmented == again.test_augmented
