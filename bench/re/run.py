@@ -128,64 +128,74 @@ def main(argv: list[str] | None = None) -> int:
             log.info("skip %s (done)", key)
             continue
         log.info("run %s", key)
-        load_start = os.getloadavg()
-        start = time.perf_counter()
-        record = dict(row)
-        commands = []
-        if row["method"] in ("fp", "pruned"):
-            name = row["variant"] if row["method"] == "fp" else f"{row['variant']}-l{row['layers']}"
-            out = runs / name
-            model = str(runs / row["source"]) if row["method"] == "pruned" else args.model
-            cmd = [*cli, "re", "train", "--data", args.data, "--split", row["split"], "--model", model,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                   "--eval-every", str(args.eval_every), "--seed", str(row["seed"]), "--device", args.device,
-                   "--no-progress", "--out", str(out)]
-            if row["split"] == "rearranged":
-                cmd += ["--unseen-share", "0.5"]
-            if row["augment"]:
-                cmd += ["--augment-train", f"{row['augment']:g}"]
-            if row["method"] == "pruned":
-                cmd += ["--keep-layers", str(row["layers"])]
-            if not (out / "report.json").is_file():
-                _, train_s = _run(cmd, env)
-                record["train_wall_seconds"] = round(train_s, 1)
-            commands.append(_cmdline(cmd))
-            rep = json.loads((out / "report.json").read_text())
-            record.update(selected_step=rep["selected_step"], steps=rep["steps"], validation_f1=rep["validation_f1"],
-                          validation_curve=rep["validation_curve"], train_sentences=rep["train_sentences"],
-                          train_seconds=rep["train_seconds"], loss_first=rep["loss_first"], loss_last=rep["loss_last"],
-                          data_stats={k: rep["data"].get(k) for k in ("summary", "augmented_test", "augment_train")})
-        else:
-            out = runs / f"{row['source']}-{row['scheme']}"
-            cmd = [*cli, "re", "quantize", "--run", str(runs / row["source"]), "--scheme", row["scheme"], "--out", str(out)]
-            if not (out / "report.json").is_file():
-                _run(cmd, env)
-            commands.append(_cmdline(cmd))
-            rep = json.loads((out / "report.json").read_text())
-            record.update(quantized_weights=rep.get("quantized_weights"), quantize_seconds=rep.get("seconds"))
-        for test in TESTS:
-            if row["method"] != "rtn":  # scored by re train itself (the same evaluate_extractor as re eval)
-                record[test] = {k: rep[test][k] for k in ("seen", "unseen", "all", "unseen_share", "sentences")}
-                record[f"{test}_eval_seconds"] = rep[test]["seconds"]
-                continue
-            ecmd = [*cli, "re", "eval", "--run", str(out), "--test", test, "--device", args.device, "--json"]
-            stdout, eval_s = _run(ecmd, env)
-            scores = json.loads(stdout)
-            record[test] = {k: scores[k] for k in ("seen", "unseen", "all", "unseen_share", "sentences")}
-            record[f"{test}_eval_seconds"] = round(eval_s, 1)
-            commands.append(_cmdline(ecmd))
-        meta = json.loads((out / "extractor.json").read_text())
-        record.update(model=args.model, layers=meta["layers"], run=str(out), data=args.data,
-                      seconds=round(time.perf_counter() - start, 1), device=device,
-                      budget=budget if row["method"] != "rtn" else f"no training (RTN of {row['source']})",
-                      loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()],
-                      command=" && ".join(commands), bench_command=bench_cmd)
-        append_record(record, results)
-        t = record["test"]
-        log.info("%s: test seen F1 %.4f unseen %.4f; aug-test F1 %.4f (%.0f s)", key, t["seen"]["f1"],
-                 t["unseen"]["f1"], record["test_augmented"]["all"]["f1"], record["seconds"])
-        write_report(read_records(results), results)
+        try:
+            run_row(row, args, cli, env, runs, results, device, budget, bench_cmd)
+        except (RuntimeError, OSError, KeyError) as e:  # a failed row (and the rows built on it) is left for a rerun
+            log.error("%s failed: %s", key, e)
     return 0
+
+
+def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Path, device: str, budget: str,
+            bench_cmd: str) -> None:
+    """Train / quantize, evaluate and append one row."""
+    key = row_key(row)
+    load_start = os.getloadavg()
+    start = time.perf_counter()
+    record = dict(row)
+    commands = []
+    if row["method"] in ("fp", "pruned"):
+        name = row["variant"] if row["method"] == "fp" else f"{row['variant']}-l{row['layers']}"
+        out = runs / name
+        model = str(runs / row["source"]) if row["method"] == "pruned" else args.model
+        cmd = [*cli, "re", "train", "--data", args.data, "--split", row["split"], "--model", model,
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+               "--eval-every", str(args.eval_every), "--seed", str(row["seed"]), "--device", args.device,
+               "--no-progress", "--out", str(out)]
+        if row["split"] == "rearranged":
+            cmd += ["--unseen-share", "0.5"]
+        if row["augment"]:
+            cmd += ["--augment-train", f"{row['augment']:g}"]
+        if row["method"] == "pruned":
+            cmd += ["--keep-layers", str(row["layers"])]
+        if not (out / "report.json").is_file():
+            _, train_s = _run(cmd, env)
+            record["train_wall_seconds"] = round(train_s, 1)
+        commands.append(_cmdline(cmd))
+        rep = json.loads((out / "report.json").read_text())
+        record.update(selected_step=rep["selected_step"], steps=rep["steps"], validation_f1=rep["validation_f1"],
+                      validation_curve=rep["validation_curve"], train_sentences=rep["train_sentences"],
+                      train_seconds=rep["train_seconds"], loss_first=rep["loss_first"], loss_last=rep["loss_last"],
+                      data_stats={k: rep["data"].get(k) for k in ("summary", "augmented_test", "augment_train")})
+    else:
+        out = runs / f"{row['source']}-{row['scheme']}"
+        cmd = [*cli, "re", "quantize", "--run", str(runs / row["source"]), "--scheme", row["scheme"], "--out", str(out)]
+        if not (out / "report.json").is_file():
+            _run(cmd, env)
+        commands.append(_cmdline(cmd))
+        rep = json.loads((out / "report.json").read_text())
+        record.update(quantized_weights=rep.get("quantized_weights"), quantize_seconds=rep.get("seconds"))
+    for test in TESTS:
+        if row["method"] != "rtn":  # scored by re train itself (the same evaluate_extractor as re eval)
+            record[test] = {k: rep[test][k] for k in ("seen", "unseen", "all", "unseen_share", "sentences")}
+            record[f"{test}_eval_seconds"] = rep[test]["seconds"]
+            continue
+        ecmd = [*cli, "re", "eval", "--run", str(out), "--test", test, "--device", args.device, "--json"]
+        stdout, eval_s = _run(ecmd, env)
+        scores = json.loads(stdout)
+        record[test] = {k: scores[k] for k in ("seen", "unseen", "all", "unseen_share", "sentences")}
+        record[f"{test}_eval_seconds"] = round(eval_s, 1)
+        commands.append(_cmdline(ecmd))
+    meta = json.loads((out / "extractor.json").read_text())
+    record.update(model=args.model, layers=meta["layers"], run=str(out), data=args.data,
+                  seconds=round(time.perf_counter() - start, 1), device=device,
+                  budget=budget if row["method"] != "rtn" else f"no training (RTN of {row['source']})",
+                  loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()],
+                  command=" && ".join(commands), bench_command=bench_cmd)
+    append_record(record, results)
+    t = record["test"]
+    log.info("%s: test seen F1 %.4f unseen %.4f; aug-test F1 %.4f (%.0f s)", key, t["seen"]["f1"],
+             t["unseen"]["f1"], record["test_augmented"]["all"]["f1"], record["seconds"])
+    write_report(read_records(results), results)
 
 
 if __name__ == "__main__":
