@@ -44,9 +44,9 @@ LEARNED = ["--iters", "20", "--batch-size", "2", "--lr", "3e-3", "--calib", "wik
            "--calib-seq-len", "256", "--seed", "0"]
 ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0", "flexround-it50-q4_0",
         "rtn-signedmax-q4_0", "flexround-signedmax-q4_0", "flexround-signedmax-it50-q4_0",
-        "llamacpp-imatrix-q4_0", "llamacpp-q8_0", "rtn-q8_0", "flexround-q8_0")
+        "llamacpp-imatrix-q4_0", "llamacpp-q8_0", "rtn-q8_0", "flexround-q8_0", "flexround-signedmax-it100-q4_0")
 # rows with a larger reconstruction budget than LEARNED's
-ITERS = {"flexround-it50-q4_0": "50", "flexround-signedmax-it50-q4_0": "50"}
+ITERS = {"flexround-it50-q4_0": "50", "flexround-signedmax-it50-q4_0": "50", "flexround-signedmax-it100-q4_0": "100"}
 # rows whose step sizes start from llama.cpp's own Q4_0 scale rule
 EXTRA = {r: ["--clip", "signed-max"] for r in ROWS if "signedmax" in r}
 QTYPES = ("q4_0", "q8_0")
