@@ -5,11 +5,11 @@ entity-swap training augmentation, on the standard / sifted / rearranged splits,
 
 Rows (priority order; ``--only`` filters by substring of ``method|scheme|variant``):
 
-* ``fp|fp32|standard-base-s<seed>`` / ``standard-aug1.0-s<seed>``: ``compactlm re train`` on the
+* ``fp|fp32|standard-base-s<seed>`` / ``standard-aug1-s<seed>``: ``compactlm re train`` on the
   standard split of ``wikidata-distant`` without / with ``--augment-train 1.0``, every seed;
-* ``rtn|w4a16|standard-aug1.0-s<seed>`` (and ``w4a16-g32``, and the baseline's): ``compactlm re
-  quantize`` of that run (weight-only RTN of the encoder's block linears; heads FP32);
-* ``pruned|fp32-l3|standard-aug1.0-s0``: a 3-of-6-layer depth-pruned student of the augmented seed-0
+* ``rtn|w4a16|standard-aug1-s<seed>`` (and ``w4a16-g32`` for the first seed, and the baseline's):
+  ``compactlm re quantize`` of that run (weight-only RTN of the encoder's block linears; heads FP32);
+* ``pruned|fp32-l3|standard-aug1-s0``: a 3-of-6-layer depth-pruned student of the augmented seed-0
   extractor, fine-tuned with the same data, budget and augmentation (``re train --model <run>
   --keep-layers 3``);
 * ``fp|fp32|sifted-*`` and ``rearranged-*`` (unseen share 0.5): the other splits, first seed only.
@@ -63,12 +63,12 @@ def plan(seeds: list[int], ratio: float) -> list[dict]:
            rtn("w4a16", aug, first), rtn("w4a16-g32", aug, first), rtn("w4a16", "base", first)]
     for s in rest:
         out += [fp("standard", "base", s), fp("standard", aug, s)]
+    out += [rtn("w4a16", aug, s) for s in rest]
     out.append({"method": "pruned", "scheme": "fp32-l3", "variant": f"standard-{aug}-s{first}", "split": "standard",
                 "augment": ratio, "seed": first, "source": f"standard-{aug}-s{first}", "layers": 3})
     for split in ("sifted", "rearranged"):
         out += [fp(split, "base", first), fp(split, aug, first)]
-    for s in rest:
-        out += [rtn("w4a16", aug, s), rtn("w4a16", "base", s)]
+    out += [rtn("w4a16", "base", s) for s in rest]
     return out
 
 
