@@ -44,11 +44,15 @@ LEARNED = ["--iters", "20", "--batch-size", "2", "--lr", "3e-3", "--calib", "wik
            "--calib-seq-len", "256", "--seed", "0"]
 ROWS = ("fp", "llamacpp-q4_0", "rtn-q4_0", "flexround-q4_0", "lrq-q4_0", "flexround-it50-q4_0",
         "rtn-signedmax-q4_0", "flexround-signedmax-q4_0", "flexround-signedmax-it50-q4_0",
-        "llamacpp-imatrix-q4_0", "llamacpp-q8_0", "rtn-q8_0", "flexround-q8_0", "flexround-signedmax-it100-q4_0")
+        "llamacpp-imatrix-q4_0", "llamacpp-q8_0", "rtn-q8_0", "flexround-q8_0", "flexround-signedmax-it100-q4_0",
+        "flexround-actmse-it0-q4_0", "flexround-actmse-it50-q4_0")
 # rows with a larger reconstruction budget than LEARNED's
-ITERS = {"flexround-it50-q4_0": "50", "flexround-signedmax-it50-q4_0": "50", "flexround-signedmax-it100-q4_0": "100"}
+ITERS = {"flexround-it50-q4_0": "50", "flexround-signedmax-it50-q4_0": "50", "flexround-signedmax-it100-q4_0": "100",
+         "flexround-actmse-it0-q4_0": "0", "flexround-actmse-it50-q4_0": "50"}
 # rows whose step sizes start from llama.cpp's own Q4_0 scale rule
 EXTRA = {r: ["--clip", "signed-max"] for r in ROWS if "signedmax" in r}
+# rows whose step sizes come from the activation-weighted search (llama.cpp's imatrix weighting)
+EXTRA.update({r: ["--clip", "act-mse"] for r in ROWS if "actmse" in r})
 QTYPES = ("q4_0", "q8_0")
 # the bytes of one block of 32 weights: fp16 d, then the codes
 BLOCK_BYTES = {"q4_0": 18, "q8_0": 34}

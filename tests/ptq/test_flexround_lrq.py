@@ -218,3 +218,29 @@ def test_w4a8_kv8_with_activations_in_reconstruction(calib):
     qls = _qlinears(model)
     assert qls["model.layers.0.self_attn.k_proj"].output_quantizer is not None
     assert qls["model.layers.0.self_attn.q_proj"].output_quantizer is None
+
+
+@pytest.mark.parametrize("method", ["flexround", "lrq"])
+def test_act_mse_init_gets_each_linears_input_second_moment(method, calib, monkeypatch):
+    """With ``clip="act-mse"`` the engine hands every quantizer its linear's mean squared input per
+    column, measured on the block's calibration inputs; RTN (no calibration) refuses it in one line."""
+    from compactlm.ptq import flexround, lrq
+
+    got = []
+    for mod, cls in ((flexround, "FlexRoundQuantizer"), (lrq, "FlexRoundQuantizer"), (lrq, "LRQQuantizer")):
+        real = getattr(mod, cls)
+
+        class Spy(real):
+            def __init__(self, weight, *args, **kwargs):
+                col = kwargs.get("col_weight", args[-1] if args else None)
+                got.append((tuple(weight.shape), None if col is None else tuple(col.shape),
+                            None if col is None else bool((col >= 0).all() and col.sum() > 0)))
+                super().__init__(weight, *args, **kwargs)
+
+        monkeypatch.setattr(mod, cls, Spy)
+    model = tiny_model("llama")
+    report = quantize(model, method, "w4a16-g32-sym", calib=calib, iters=2, clip="act-mse")
+    assert len(got) == 14 and all(c == (shape[1],) and ok for shape, c, ok in got), got
+    assert all(b["loss_after"] > 0 for b in report["blocks"])
+    with pytest.raises(CompactLMError, match="act-mse"):
+        quantize(tiny_model("llama"), "rtn", "w4a16-g32-sym", clip="act-mse")

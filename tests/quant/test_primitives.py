@@ -212,3 +212,31 @@ def test_round_ste_fused_matches_round_ste_in_values_and_gradient():
     ga, = torch.autograd.grad((a * up).sum(), x)
     gb, = torch.autograd.grad((b * up).sum(), x)
     assert torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("symmetric,base", [(True, "signed-max"), (False, "minmax")])
+def test_act_mse_never_worse_than_its_start_on_the_weighted_objective(symmetric, base):
+    """``clip="act-mse"`` minimises sum_j E[x_j^2] (w_j - Q(w_j))^2 per group: never above the
+    signed-max / min-max scale it starts from, and below it for skewed column weights."""
+    from compactlm.quant.primitives import dequantize, quantize, to_groups
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 96, generator=g)
+    col = torch.rand(96, generator=g) ** 4 * 10  # a few columns matter most, as activation outliers do
+
+    def objective(scale, zp):
+        wg, s, z = to_groups(w, 32), scale[..., None], zp[..., None]
+        err = (dequantize(quantize(wg, s, z, 4, symmetric), s, z) - wg) ** 2
+        return (to_groups(col[None], 32)[0][None] * err).sum(-1)  # (C_out, n_groups)
+
+    start = objective(*weight_qparams(w, 4, 32, symmetric, clip=base))
+    ours = objective(*weight_qparams(w, 4, 32, symmetric, clip="act-mse", col_weight=col))
+    assert (ours <= start * (1 + 1e-6)).all()
+    assert ours.sum() < 0.9 * start.sum()
+
+
+def test_act_mse_needs_column_weights():
+    with pytest.raises(CompactLMError, match="act-mse.*calibration"):
+        weight_qparams(torch.randn(4, 32), 4, 32, True, clip="act-mse")
+    with pytest.raises(CompactLMError, match="act-mse"):
+        weight_qparams(torch.randn(4, 32), 4, 32, True, clip="act-mse", col_weight=torch.ones(16))

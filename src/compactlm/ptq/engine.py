@@ -50,7 +50,7 @@ from compactlm.ptq.common import replace_linear
 from compactlm.ptq.store import ActivationStore, WorkDir, run_fingerprint
 from compactlm.quant.activation import ActQuantizer, act_quantizer_for, kv_quantizer_for
 from compactlm.quant.fake import FakeQuantLinear
-from compactlm.quant.primitives import CLIPS
+from compactlm.quant.primitives import ACTIVATION_CLIPS, CLIPS
 from compactlm.quant.qweight import QuantizedWeight
 from compactlm.quant.scheme import QuantScheme
 from compactlm.quant.weight_quantizers import WeightQuantizer
@@ -68,8 +68,11 @@ class ReconstructionConfig:
         batch_size: Calibration sequences per step.
         clip: Initial step size ``s1``: ``"minmax"``, ``"lp"`` (1-D Lp clip search, as RTN),
             ``"lp2d"`` (2-D search over ranges x zero points, the LRQ authors' W3 initialisation;
-            equals ``"lp"`` on symmetric grids) or ``"signed-max"`` (llama.cpp's Q4_0 rule;
-            symmetric grids only).
+            equals ``"lp"`` on symmetric grids), ``"signed-max"`` (llama.cpp's Q4_0 rule;
+            symmetric grids only) or ``"act-mse"`` (the squared weight error weighted by each input
+            column's mean squared activation, measured on the block's calibration inputs — the
+            weighting of llama.cpp's importance matrix; searched around the signed maximum on
+            symmetric grids, over shrink factors on asymmetric ones).
         seed: Seed of batch sampling and random initialisation.
         work_dir: Directory for resumable state (created; reused when the config matches; left
             in place at the end, see :func:`compactlm.ptq.store.remove_work_dir`).
@@ -323,8 +326,11 @@ def _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantiz
         _run_block(runner, i, block, x_fp, y_fp, batch, device)
 
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
-        wrappers, act_qs = _wrap_block(block, spec, scheme, make_quantizer, gen, act_in_recon)
         train_rows, held_rows = split
+        moments = None
+        if config.clip in ACTIVATION_CLIPS:  # the step-size search weighs columns by E[x²] (training rows only)
+            moments = _input_moments(runner, i, block, spec, x_q, batch, device, train_rows if len(held_rows) else None)
+        wrappers, act_qs = _wrap_block(block, spec, scheme, make_quantizer, gen, act_in_recon, moments)
         if scheme.a_static:
             _calibrate_static(runner, i, block, wrappers, act_qs, x_q, batch, device,
                               train_rows if len(held_rows) else None)
@@ -369,9 +375,33 @@ def _reconstruct_blocks(model, spec, blocks, scheme, calib, config, make_quantiz
     return start_block
 
 
+@torch.no_grad()
+def _input_moments(runner, index, block, spec, x_q, batch, device, rows=None) -> dict[str, torch.Tensor]:
+    """Mean squared input activation of every input column of each block linear, ``{name: [C_in]}``,
+    over the quantized-path inputs (all rows, or ``rows``)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for name, module in block_linears(block, spec).items():
+        def hook(mod, inputs, output, name=name):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        _run_block(runner, index, block, x_q, None, batch, device, rows=rows)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: (sums[name] / counts[name]).float() for name in sums}
+
+
 def _wrap_block(block: nn.Module, spec: ArchSpec, scheme: QuantScheme, make_quantizer, gen: torch.Generator,
-                act_in_recon: bool) -> tuple[dict[str, FakeQuantLinear], dict[str, ActQuantizer | None]]:
-    """Swap the block's linears for :class:`FakeQuantLinear` around the method's quantizers.
+                act_in_recon: bool, moments: dict[str, torch.Tensor] | None = None,
+                ) -> tuple[dict[str, FakeQuantLinear], dict[str, ActQuantizer | None]]:
+    """Swap the block's linears for :class:`FakeQuantLinear` around the method's quantizers
+    (``make_quantizer(name, W, gen)``, with ``col_weight=`` the column's ``E[x²]`` from ``moments``
+    when the step-size search needs it).
 
     Returns:
         ``(wrappers, act_qs)``: the fake-quant linears, and every linear's input quantizer for the
@@ -387,7 +417,8 @@ def _wrap_block(block: nn.Module, spec: ArchSpec, scheme: QuantScheme, make_quan
         in_q = act_quantizer_for(scheme)
         out_q = kv_quantizer_for(scheme) if name in spec.kv_proj else None
         wrapper = FakeQuantLinear(
-            weight, linear_bias(module), make_quantizer(name, w, gen),
+            weight, linear_bias(module),
+            make_quantizer(name, w, gen) if moments is None else make_quantizer(name, w, gen, col_weight=moments[name]),
             in_q if act_in_recon else None, out_q if act_in_recon else None,
         ).to(w.device)
         set_module(block, name, wrapper)

@@ -42,17 +42,20 @@ class LogScaleRounding(WeightQuantizer):
     Args:
         weight: ``[C_out, C_in]`` full-precision weight (initialises ``s1`` and ``z``; not stored).
         scheme: Weight bits, group size and symmetry.
-        clip: ``s1`` initialisation: ``"minmax"``, ``"lp"``, ``"lp2d"`` or ``"signed-max"``
-            (:func:`~compactlm.quant.primitives.weight_qparams`).
+        clip: ``s1`` initialisation: ``"minmax"``, ``"lp"``, ``"lp2d"``, ``"signed-max"`` or
+            ``"act-mse"`` (:func:`~compactlm.quant.primitives.weight_qparams`).
+        col_weight: ``[C_in]`` mean squared input per column (``clip="act-mse"`` only; the engine
+            measures it on the block's calibration inputs).
     """
 
-    def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax"):
+    def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax",
+                 col_weight: torch.Tensor | None = None):
         super().__init__()
         self.bits = scheme.w_bits
         self.symmetric = scheme.w_symmetric
         self.group_size = group_size_for(weight.shape[1], scheme.w_group_size)
         self.shape = tuple(weight.shape)  # (C_out, C_in)
-        s1, z = weight_qparams(weight, self.bits, self.group_size, self.symmetric, clip=clip)
+        s1, z = weight_qparams(weight, self.bits, self.group_size, self.symmetric, clip=clip, col_weight=col_weight)
         self.register_buffer("s1_init", s1)  # (C_out, n_groups)
         self.register_buffer("zero_point", z)  # (C_out, n_groups), fixed
         self.log_s1_delta = nn.Parameter(torch.zeros_like(s1))  # log s1 = log s1_init + log_s1_delta
@@ -97,8 +100,9 @@ class LogScaleRounding(WeightQuantizer):
 class FlexRoundQuantizer(LogScaleRounding):
     """FlexRound: ``D = log_S2 + log_s3`` with ``log_S2`` ``[C_out, C_in]``, ``log_s3`` ``[C_out, 1]``, both 0 at init."""
 
-    def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax"):
-        super().__init__(weight, scheme, clip)
+    def __init__(self, weight: torch.Tensor, scheme: QuantScheme, clip: str = "minmax",
+                 col_weight: torch.Tensor | None = None):
+        super().__init__(weight, scheme, clip, col_weight)
         self.log_S2 = nn.Parameter(torch.zeros_like(weight, dtype=torch.float32))
         self.log_s3 = nn.Parameter(torch.zeros(self.shape[0], 1))
 
@@ -120,4 +124,4 @@ class FlexRoundConfig(ReconstructionConfig):
 def apply_flexround(model: nn.Module, scheme: QuantScheme, config: FlexRoundConfig, calib: torch.Tensor | None = None) -> dict:
     """Quantize ``model`` in place with FlexRound (see module docstring)."""
     return reconstruct(model, scheme, calib, config,
-                       lambda name, w, gen: FlexRoundQuantizer(w, scheme, config.clip), "flexround")
+                       lambda name, w, gen, col_weight=None: FlexRoundQuantizer(w, scheme, config.clip, col_weight), "flexround")

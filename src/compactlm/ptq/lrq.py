@@ -52,11 +52,12 @@ class LRQQuantizer(LogScaleRounding):
         rank: Rank of ``L·U`` (1 .. min(C_out, C_in)).
         clip: ``s1`` initialisation.
         generator: Seeds the Kaiming-uniform draw of ``U``.
+        col_weight: ``[C_in]`` mean squared input per column (``clip="act-mse"`` only).
     """
 
     def __init__(self, weight: torch.Tensor, scheme: QuantScheme, rank: int, clip: str = "minmax",
-                 generator: torch.Generator | None = None):
-        super().__init__(weight, scheme, clip)
+                 generator: torch.Generator | None = None, col_weight: torch.Tensor | None = None):
+        super().__init__(weight, scheme, clip, col_weight)
         c_out, c_in = self.shape
         if not 1 <= rank <= min(c_out, c_in):
             raise CompactLMError(
@@ -169,10 +170,10 @@ def apply_lrq(model: nn.Module, scheme: QuantScheme, config: LRQConfig, calib: t
     spec = get_spec(model)
     plan = rank_plan(model, scheme, config)
 
-    def make(name: str, w: torch.Tensor, gen: torch.Generator) -> LogScaleRounding:
+    def make(name: str, w: torch.Tensor, gen: torch.Generator, col_weight=None) -> LogScaleRounding:
         if config.low_rank(spec.linear_role(name), *w.shape):
-            return LRQQuantizer(w, scheme, config.rank_for(*w.shape), config.clip, gen)
-        return FlexRoundQuantizer(w, scheme, config.clip)
+            return LRQQuantizer(w, scheme, config.rank_for(*w.shape), config.clip, gen, col_weight)
+        return FlexRoundQuantizer(w, scheme, config.clip, col_weight)
 
     report = reconstruct(model, scheme, calib, config, make, "lrq")
     report["rank_rule"] = {"rule": config.rank_rule, "linears": plan}

@@ -112,7 +112,9 @@ def fake_quant(
     return (q - zero_point) * scale
 
 
-CLIPS = ("minmax", "lp", "lp2d", "signed-max")
+CLIPS = ("minmax", "lp", "lp2d", "signed-max", "act-mse")
+# clips that need each linear's input statistics (``col_weight``): only calibrated methods take them
+ACTIVATION_CLIPS = ("act-mse",)
 
 
 def signed_max_scale(wg: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Tensor:
@@ -133,6 +135,66 @@ def signed_max_scale(wg: torch.Tensor, bits: int, eps: float = 1e-8) -> torch.Te
     x_e = wg.gather(-1, idx).squeeze(-1)  # (C_out, n_groups)
     d = x_e / qrange(bits, True)[0]
     return torch.where(d.abs() < eps, torch.full_like(d, eps), d)
+
+
+def act_mse_scale(wg: torch.Tensor, col_weight: torch.Tensor, bits: int, symmetric: bool, grid: int = 100,
+                  max_shrink: float = 0.8, steps: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group step size minimising the activation-weighted squared weight error.
+
+    The objective is ``Σ_j E[x_j²] (w_j − Q(w_j))²`` per group: the diagonal part of the layer's
+    output error ``E‖(W − Q(W)) x‖²`` (the weighting of llama.cpp's importance-matrix quantization
+    and the diagonal of GPTQ's Hessian ``XᵀX``). Candidates, each kept only where it lowers the
+    objective:
+
+    * symmetric grids: llama.cpp's signed maximum ``d = x_e / −(2^(b−1) + k/steps)`` for
+      ``k = −steps..steps`` (the divisor from ``2^(b−1) − 1`` to ``2^(b−1) + 1``), each followed by
+      the weighted least-squares scale for its codes, ``d* = Σ w x q / Σ w q²``;
+    * asymmetric grids: the shrink factors of the ``"lp"`` search (min/max at shrink 1).
+
+    The error of a candidate is measured with the codes re-rounded at its scale, as the quantizer
+    will round them, so ``k = 0`` (symmetric) or shrink 1 (asymmetric) bounds the result: never
+    worse than ``"signed-max"`` / ``"minmax"`` on this objective.
+
+    Args:
+        wg: ``[C_out, n_groups, G]`` grouped weight.
+        col_weight: ``[n_groups, G]`` non-negative weight of each input column (``E[x_j²]``).
+    Returns:
+        ``(scale, zero_point)``, each ``[C_out, n_groups]``.
+    """
+    cw = col_weight.to(wg)[None]  # (1, n_groups, G)
+
+    def err(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        s3, z3 = s[..., None], z[..., None]
+        return (cw * (dequantize(quantize(wg, s3, z3, bits, symmetric), s3, z3) - wg) ** 2).sum(dim=-1)
+
+    def keep(s, z, best_s, best_z, best_e):
+        e = err(s, z)
+        better = e < best_e
+        return torch.where(better, s, best_s), torch.where(better, z, best_z), torch.where(better, e, best_e)
+
+    if symmetric:
+        qmin, qmax = qrange(bits, True)
+        x_e = wg.gather(-1, wg.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)  # signed maximum
+        scale = signed_max_scale(wg, bits)
+        zero = torch.zeros_like(scale)
+        best = err(scale, zero)
+        for k in range(-steps, steps + 1):
+            d = x_e / (qmin - k / steps)
+            d = torch.where(d.abs() < 1e-8, scale, d)
+            q = torch.clamp(torch.round(wg / d[..., None]), qmin, qmax)
+            num, den = (cw * wg * q).sum(-1), (cw * q * q).sum(-1)
+            d_ls = torch.where(den > 0, num / den.clamp_min(1e-30), d)  # least-squares scale for these codes
+            for cand in (d, d_ls):
+                cand = torch.where(cand.abs() < 1e-8, scale, cand)
+                scale, zero, best = keep(cand, zero, scale, zero, best)
+        return scale, zero
+    x_min, x_max = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale, zero = minmax_qparams(x_min, x_max, bits, symmetric)
+    best = err(scale, zero)
+    for i in range(1, int(max_shrink * grid)):
+        s, z = minmax_qparams((1.0 - i / grid) * x_min, (1.0 - i / grid) * x_max, bits, symmetric)
+        scale, zero, best = keep(s, z, scale, zero, best)
+    return scale, zero
 
 
 def lp_error(wg: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool,
@@ -242,6 +304,7 @@ def weight_qparams(
     p: float = 2.4,
     grid: int = 100,
     max_shrink: float = 0.8,
+    col_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group scale and zero point of a weight matrix.
 
@@ -256,9 +319,12 @@ def weight_qparams(
             the Lp error — so it is never worse than ``"lp"`` (nor min/max). On a symmetric grid the
             zero point is fixed at 0 and ``"lp2d"`` is exactly ``"lp"``. ``"signed-max"``
             (symmetric grids only) is llama.cpp's Q4_0 rule, see :func:`signed_max_scale`.
+            ``"act-mse"`` weighs each column's error by ``col_weight`` (the mean squared input
+            activation of that column), see :func:`act_mse_scale`.
         p: Exponent of the Lp searches.
         grid: Shrink steps per unit of range (``"lp"``), ranges (``"lp2d"``).
         max_shrink: Largest fraction of the range the 1-D search may cut.
+        col_weight: ``[C_in]`` importance of each input column (``"act-mse"`` only).
     Returns:
         ``(scale, zero_point)``, each ``[C_out, n_groups]``.
     """
@@ -272,6 +338,12 @@ def weight_qparams(
             )
         d = signed_max_scale(wg, bits)
         return d, torch.zeros_like(d)
+    if clip == "act-mse":
+        if col_weight is None or col_weight.shape != (w.shape[1],):
+            raise CompactLMError("clip: 'act-mse' weighs the error by the layer's input activations: it needs "
+                                 "calibration (use it with a calibrated method such as flexround or lrq)")
+        return act_mse_scale(wg, to_groups(col_weight.detach().float()[None], group_size)[0], bits, symmetric,
+                             grid, max_shrink)
     if clip == "minmax":
         return minmax_qparams(wg.amin(dim=-1), wg.amax(dim=-1), bits, symmetric)
     scale, zero_point, err = _lp_search_1d(wg, bits, symmetric, p, grid, max_shrink)
