@@ -12,7 +12,8 @@ Rows (priority order; ``--only`` filters by substring of ``method|scheme|variant
 * ``pruned|fp32-l3|standard-aug1-s0``: a 3-of-6-layer depth-pruned student of the augmented seed-0
   extractor, fine-tuned with the same data, budget and augmentation (``re train --model <run>
   --keep-layers 3``);
-* ``fp|fp32|sifted-*`` and ``rearranged-*`` (unseen share 0.5): the other splits, first seed only.
+* ``fp|fp32|sifted-*`` and ``rearranged-*`` (unseen share 0.5): the other splits, first seed only
+  (both baselines, then both augmented rows; then RTN of the other seeds' baselines).
 
 Every trained row has the same budget (``--steps``, batch, LR; selection on validation every
 ``--eval-every`` steps), so the augmented rows see the same number of sentences as the baseline
@@ -66,8 +67,8 @@ def plan(seeds: list[int], ratio: float) -> list[dict]:
     out += [rtn("w4a16", aug, s) for s in rest]
     out.append({"method": "pruned", "scheme": "fp32-l3", "variant": f"standard-{aug}-s{first}", "split": "standard",
                 "augment": ratio, "seed": first, "source": f"standard-{aug}-s{first}", "layers": 3})
-    for split in ("sifted", "rearranged"):
-        out += [fp(split, "base", first), fp(split, aug, first)]
+    out += [fp(split, "base", first) for split in ("sifted", "rearranged")]
+    out += [fp(split, aug, first) for split in ("sifted", "rearranged")]
     out += [rtn("w4a16", "base", s) for s in rest]
     return out
 
