@@ -79,11 +79,13 @@ def markdown(rows: list[dict]) -> str:
         rs = c["rows"]
         seen, unseen = _f1(rs, "test", "seen"), _f1(rs, "test", "unseen")
         gap = [s - u for s, u in zip(seen, unseen)]
+        no_seen = all(r["test"]["seen"]["gold"] == 0 for r in rs)  # sifted: every test triple unseen
         aug_p = [r["test_augmented"]["all"]["precision"] for r in rs]
         aug_r = [r["test_augmented"]["all"]["recall"] for r in rs]
         share = statistics.mean(r["test"]["unseen_share"] for r in rs)
         lines.append(
-            f"| {c['label']} | {len(rs)} | {_fmt(seen)} | {_fmt(unseen)} | {_fmt(gap)} | {_fmt(_f1(rs, 'test', 'all'))} | "
+            f"| {c['label']} | {len(rs)} | {'—' if no_seen else _fmt(seen)} | {_fmt(unseen)} | {'—' if no_seen else _fmt(gap)} | "
+            f"{_fmt(_f1(rs, 'test', 'all'))} | "
             f"{share:.3f} | {_fmt(_f1(rs, 'test_augmented', 'all'))} | {_fmt(aug_p)} / {_fmt(aug_r)} | "
             f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
     lines += ["", "## Precision / recall on the test set", "",
