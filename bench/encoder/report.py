@@ -89,10 +89,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write_report(rows: list[dict], results_json: Path) -> None:
+    from compactlm.io import write_text
+
     results_json = Path(results_json)
-    tmp = results_json.with_suffix(".md.tmp")
-    tmp.write_text(markdown(rows))
-    tmp.replace(results_json.with_suffix(".md"))
+    write_text(results_json.with_suffix(".md"), markdown(rows))  # atomic
     plot(rows, results_json.with_suffix(".png"))
     plot_curves(rows, results_json.with_name(results_json.stem + "-loss.png"))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from torch import nn
 from compactlm.data.classification import encode_examples, get_task, iter_batches, load_classification
 from compactlm.errors import CompactLMError
 from compactlm.quant.activation import padding_mask
-from compactlm.train import TrainConfig, Trainer
+from compactlm.train import TrainConfig, Trainer, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class FinetuneConfig:
 
     def train_config(self, n_train: int) -> TrainConfig:
         """The trainer settings for ``n_train`` training examples (``steps`` or ``epochs`` of them)."""
-        steps = self.steps or max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        steps = steps_for(self.steps, self.epochs, n_train, self.batch_size)
         return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                            warmup=self.warmup, schedule="linear", max_grad_norm=self.max_grad_norm, seed=self.seed,
                            checkpoint_every=self.checkpoint_every)

@@ -9,6 +9,7 @@ from compactlm.train.trainer import (
     load_checkpoint_state,
     lr_lambda,
     resume_dir,
+    steps_for,
 )
 
-__all__ = ["CHECKPOINT", "TrainConfig", "Trainer", "adamw", "checkpoint_dir_for", "load_checkpoint_state", "lr_lambda", "resume_dir"]
+__all__ = ["CHECKPOINT", "TrainConfig", "Trainer", "adamw", "checkpoint_dir_for", "load_checkpoint_state", "lr_lambda", "resume_dir", "steps_for"]

@@ -127,6 +127,12 @@ class TrainConfig:
             raise CompactLMError(f"--warmup: a fraction of the steps in [0, 1), got {self.warmup}")
 
 
+def steps_for(steps: int | None, epochs: float, n_train: int, batch_size: int) -> int:
+    """Optimizer steps of a run given as ``steps`` or, when that is ``None``, as ``epochs`` over
+    ``n_train`` examples in batches of ``batch_size`` (at least 1)."""
+    return steps or max(1, math.ceil(epochs * n_train / batch_size))
+
+
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     """Multiplier of the peak LR at step ``k``: linear warm-up, then linear/cosine decay or constant
     (the formula is in the module docstring)."""

@@ -42,6 +42,7 @@ from compactlm.tasks.triples.example import Triple, TripleExample, dumps_jsonl, 
 from compactlm.tasks.triples.extractor import ExtractorConfig, TripleExtractor, encode_examples, extraction_loss, trim_batch
 from compactlm.tasks.triples.metrics import report as _report
 from compactlm.tasks.triples.metrics import score
+from compactlm.train import steps_for
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class ExtractorTrainConfig:
             raise CompactLMError(f"--eval-every: expected a positive number of steps, got {self.eval_every}")
 
     def total_steps(self, n_train: int) -> int:
-        return self.steps or max(1, math.ceil(self.epochs * n_train / self.batch_size))
+        return steps_for(self.steps, self.epochs, n_train, self.batch_size)
 
     def eval_points(self, n_train: int) -> list[int]:
         """Steps after which validation is scored (the last step always)."""
