@@ -136,12 +136,16 @@ def test_two_processes_match_one(tmp_path, job):
     launcher = Path(sys.executable).with_name("accelerate")
     import socket
 
-    with socket.socket() as s:  # a free port: several test sessions may share the machine
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-                    str(WORKER), job, str(two)], check=True, env=env, timeout=300)
+    for attempt in range(2):  # the free port can be taken between here and the rendezvous on a shared host
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        run = subprocess.run([str(launcher), "launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
+                              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                              str(WORKER), job, str(two)], env=env, timeout=300)
+        if run.returncode == 0:
+            break
+    run.check_returncode()
     h1, h2 = json.loads(one.read_text()), json.loads(two.read_text())
     assert h1["processes"] == 1 and h2["processes"] == 2
     for a, b in zip(h1["history"], h2["history"], strict=True):
