@@ -13,7 +13,7 @@ PEERS_STAMP := $(PEERS)/.installed-stamp
 LLMC        ?= llmcompressor==0.14.0.1
 BENCH_ARGS  ?=
 
-.PHONY: install peers llamacpp demo test test-slow bench-ptq bench-serve bench-gguf clean
+.PHONY: install peers llamacpp autoround demo test test-slow bench-ptq bench-serve bench-gguf clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench-serve: $(STAMP)
 LLAMACPP ?= llama-cpp-python==0.3.36
 llamacpp: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt "$(LLAMACPP)"
+
+# AutoRound, the PTQ sweep's peer (bench/ptq/peers_autoround.py): it conflicts with llm-compressor in
+# .venv-peers but installs into .venv (its requirements are already there but py-cpuinfo)
+AUTOROUND ?= auto-round==0.16.1
+autoround: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt "$(AUTOROUND)"
 
 bench-gguf: $(STAMP)
 	$(BIN)/python bench/gguf/run.py $(BENCH_ARGS)

@@ -44,6 +44,7 @@ log = logging.getLogger("bench.ptq.lrq")
 MODEL = "smollm2-135m"
 RESULTS = ROOT / "bench" / "results" / "ptq-lrq.json"
 OOD = "c4-sample"
+DEFAULT_LR = 3e-3
 
 # name -> (method, options); the order is the priority order of a run
 ROWS: dict[str, tuple[str, dict]] = {
@@ -53,7 +54,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     "lrq-authors": ("lrq", {"rank_rule": "authors"}),
     "lrq-authors-lp2d": ("lrq", {"rank_rule": "authors", "clip": "lp2d"}),
     "lrq-saving": ("lrq", {"rank_rule": "saving", "saving_fraction": 0.4}),
+    "flexround-lp2d": ("flexround", {"clip": "lp2d"}),
+    "rtn": ("rtn", {}),  # the clip-search ablation without learning: min/max vs the 2-D search
+    "rtn-lp2d": ("rtn", {"clip": "lp2d"}),
+    "autoround": ("autoround", {}),  # the peer: quantized by peers_autoround.py in .venv-peers, scored here
 }
+PEERS = ROOT / "runs" / "peers"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma list of {', '.join(ROWS)}")
     p.add_argument("--scheme", default="w3a16")
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seq-len", type=int, default=256)
@@ -82,7 +88,44 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def row_variant(name: str, args) -> str:
-    return f"{name}|{args.scheme}|iters={args.iters}|seed={args.seed}"
+    """Row key: name, scheme, budget, seed, and the learning rate when it is not the default (an LR
+    sweep row is a row of its own; the peer's is AutoRound's own rule)."""
+    lr = "" if args.lr == DEFAULT_LR or ROWS[name][0] in ("fp", "rtn", "autoround") else f"|lr={args.lr:g}"
+    return f"{name}|{args.scheme}|iters={args.iters}|seed={args.seed}{lr}"
+
+
+def autoround_dir(args) -> Path:
+    """The folder ``peers_autoround.py`` writes for this scheme / budget / seed (its ``cell_name``)."""
+    return PEERS / (f"autoround-{args.scheme}-it{args.iters}" + (f"-s{args.seed}" if args.seed else ""))
+
+
+def load_autoround(model, folder: Path, bits: int) -> dict:
+    """Load AutoRound's fake-quantized weights from ``folder`` into ``model`` (every tensor must match;
+    a tied ``lm_head`` may be absent), check every block linear holds at most ``2^bits`` values per
+    output channel, and return the row's fields (seconds and settings from ``peer_meta.json``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from compactlm.models.specs import get_blocks
+
+    if not (folder / "peer_meta.json").is_file():
+        raise SystemExit(f"--rows autoround: {folder} not found; run `make autoround` and .venv/bin/python bench/ptq/peers_autoround.py "
+                         "with the same --schemes / --iters / --seed first")
+    meta = json.loads((folder / "peer_meta.json").read_text())
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise SystemExit(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    learned = 0
+    for i, block in enumerate(get_blocks(model)):
+        for name, mod in block.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                levels = max(len(row.unique()) for row in mod.weight.detach())
+                if levels > 2**bits:
+                    raise SystemExit(f"{folder}: block {i} {name} has {levels} values in a row, more than 2^{bits}")
+                learned += mod.weight.numel() + 2 * mod.weight.shape[0]  # SignRound: offset per weight, 2 scales per row
+    return {"seconds": meta["seconds"], "learned_params": learned, "peer_settings": meta["settings"],
+            "peer_versions": meta["versions"], "peer_threads": meta["threads"]}
 
 
 def run_row(name: str, args, command: str) -> None:
@@ -97,7 +140,15 @@ def run_row(name: str, args, command: str) -> None:
     method, extra = ROWS[name]
     model, tok = load_model(MODEL, device=args.device)
     fields: dict = {"seconds": 0.0, "learned_params": 0}
-    if method != "fp":
+    if method == "autoround":
+        from compactlm.quant.scheme import QuantScheme
+
+        fields = load_autoround(model, autoround_dir(args), QuantScheme.parse(args.scheme).w_bits)
+    elif method == "rtn":
+        report = quantize(model, "rtn", args.scheme, **extra)
+        fields = {"seconds": report["seconds"], "learned_params": 0,
+                  "options": {k: v for k, v in report["options"].items() if k not in ("work_dir", "spill_mb")}}
+    elif method != "fp":
         calib = load_calib(args)
         options = {"iters": args.iters, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "amp": args.amp,
                    "holdout": 0.125, "work_dir": str(Path(args.work) / "work" / row_variant(name, args).replace("|", "_")), **extra}
@@ -128,9 +179,11 @@ def run_row(name: str, args, command: str) -> None:
         "row": name, "method": method, "scheme": args.scheme if method != "fp" else "fp32",
         "variant": row_variant(name, args), "model": MODEL, **fields, **ppl,
         "peak_mem_mb": round(peak_memory_mb(), 1),
-        "calib": f"wiki {args.calib_samples}x{args.calib_seq_len}" if method != "fp" else "",
-        "budget": (f"{args.iters} iters/block x 30 blocks, batch {args.batch_size}x{args.calib_seq_len}, "
-                   f"lr {args.lr} (cosine), holdout 1/8" if method != "fp" else "no quantization"),
+        "calib": f"wiki {args.calib_samples}x{args.calib_seq_len}" if method not in ("fp", "rtn") else "",
+        "budget": ("no quantization" if method == "fp" else "no training" if method == "rtn" else
+                   f"{args.iters} iters/block x 30 blocks, batch {args.batch_size}x{args.calib_seq_len}, "
+                   + (f"lr {fields['peer_settings']['lr'] or f'1/{args.iters} (AutoRound default)'}, no holdout"
+                      if method == "autoround" else f"lr {args.lr} (cosine), holdout 1/8")),
         "device": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
                    f"cpu, {torch.get_num_threads()} thread(s), nice 10 on a shared 2-core host (wall times inflated)"),
         "seed": args.seed, "command": command,
@@ -139,6 +192,12 @@ def run_row(name: str, args, command: str) -> None:
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def label(r: dict) -> str:
+    """Row name, with its learning rate when an LR sweep changed it."""
+    lr = (r.get("options") or {}).get("lr")
+    return r["row"] + ("" if lr in (None, DEFAULT_LR) else f" (lr {lr:g})")
 
 
 def resumed(r: dict) -> str:
@@ -165,7 +224,7 @@ def write_report(records: list[dict], results: Path) -> None:
         if fp and r is not fp:
             ratio = f"{r['ppl_wiki_eval'] / fp['ppl_wiki_eval']:.2f} / {r['ppl_c4_sample'] / fp['ppl_c4_sample']:.2f}"
         lines.append(
-            f"| {r['row']} | {r['scheme']} | {r['budget'].split(',')[0]} | {r['learned_params']:,} | "
+            f"| {label(r)} | {r['scheme']} | {r['budget'].split(',')[0]} | {r['learned_params']:,} | "
             f"{r.get('train_loss_after_sum', '')} | {r.get('holdout_loss_after_sum', '')} | {r['ppl_wiki_eval']:.2f} | "
             f"{r['ppl_c4_sample']:.2f} | {ratio} | {r['seconds']:.0f}{resumed(r)} | {r.get('it_per_s') or ''} |")
     lrq = [r for r in records if r.get("linears")]
@@ -176,7 +235,7 @@ def write_report(records: list[dict], results: Path) -> None:
         for r in lrq:
             cells = [f"{v['form']}{'' if v['rank'] is None else ' r' + str(v['rank'])} ({v['learned_params'] / 1e6:.2f}M)"
                      for v in r["linears"].values()]
-            lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     lines += ["", "Commands: " + "; ".join(sorted({r['command'] for r in records})), ""]
     results.with_suffix(".md").write_text("\n".join(lines))
     try:
@@ -191,10 +250,12 @@ def write_report(records: list[dict], results: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in learned:
-        axes[0].plot(range(len(r["holdout_loss_after"])), r["holdout_loss_after"], label=f"{r['row']} held-out")
-        axes[0].plot(range(len(r["train_loss_after"])), r["train_loss_after"], ls=":", color=axes[0].lines[-1].get_color())
+        if r.get("holdout_loss_after"):  # our engine's rows (the AutoRound peer reports no block losses)
+            axes[0].plot(range(len(r["holdout_loss_after"])), r["holdout_loss_after"], label=f"{label(r)} held-out")
+            axes[0].plot(range(len(r["train_loss_after"])), r["train_loss_after"], ls=":",
+                         color=axes[0].lines[-1].get_color())
         axes[1].scatter(r["ppl_wiki_eval"], r["ppl_c4_sample"], s=20 + r["learned_params"] / 1e6)
-        axes[1].annotate(f"{r['row']} ({r['learned_params'] / 1e6:.0f}M)", (r["ppl_wiki_eval"], r["ppl_c4_sample"]), fontsize=7)
+        axes[1].annotate(f"{label(r)} ({r['learned_params'] / 1e6:.0f}M)", (r["ppl_wiki_eval"], r["ppl_c4_sample"]), fontsize=7)
     axes[0].set(yscale="log", xlabel="block", ylabel="block loss after (solid held-out, dotted train)")
     axes[0].legend(fontsize=7)
     axes[1].set(xlabel="wiki-eval PPL (in domain)", ylabel=f"{OOD} PPL (out of domain)",

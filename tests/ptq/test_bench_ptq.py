@@ -110,3 +110,50 @@ def test_report_marks_cells_evaluated_on_fewer_tokens():
             for m, p, n in (("rtn", 40.0, 40960), ("gptq", 30.0, 40960), ("lrq", 29.0, 16352))]
     md = markdown(rows)
     assert "29.00 (16352 tok)" in md and "30.00 (" not in md and "40960 tokens" in md
+
+
+def _fake_quantize_rows(model, bits):
+    """Round every block linear onto an asymmetric per-row grid of 2^bits levels (what AutoRound's
+    ``fake`` export holds), in place."""
+    import torch
+
+    from compactlm.models.specs import get_blocks
+
+    with torch.no_grad():
+        for block in get_blocks(model):
+            for mod in block.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    w = mod.weight
+                    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
+                    step = (hi - lo) / (2**bits - 1)
+                    w.copy_(torch.round((w - lo) / step) * step + lo)
+
+
+def test_autoround_peer_folder_reloads_into_our_model(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import tiny_model
+    from lrq_sweep import load_autoround
+
+    peer = tiny_model("llama")
+    _fake_quantize_rows(peer, 3)
+    folder = tmp_path / "autoround-w3a16-it20"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in peer.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "peer_meta.json").write_text(json.dumps({"seconds": 1.5, "settings": {"bits": 3}, "versions": {},
+                                                      "threads": 1}))
+    ours = tiny_model("llama")
+    torch.manual_seed(1)
+    for p in ours.parameters():  # a different model until the peer's weights are loaded
+        p.data.normal_()
+    fields = load_autoround(ours, folder, bits=3)
+    for (k, a), b in zip(peer.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), k
+    linears = [m for m in ours.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert fields["learned_params"] == sum(m.weight.numel() + 2 * m.weight.shape[0] for m in linears)
+    assert fields["seconds"] == 1.5
+    with pytest.raises(SystemExit, match="more than 2\\^2"):  # 8 levels are not a 2-bit grid
+        load_autoround(tiny_model("llama"), folder, bits=2)
+    with pytest.raises(SystemExit, match="not found"):
+        load_autoround(ours, tmp_path / "missing", bits=3)
