@@ -70,6 +70,11 @@ def plan(seeds: list[int], ratio: float) -> list[dict]:
     out += [fp(split, "base", first) for split in ("sifted", "rearranged")]
     out += [fp(split, aug, first) for split in ("sifted", "rearranged")]
     out += [rtn("w4a16", "base", s) for s in rest]
+    # the best learned method (FlexRound, the PTQ benchmark's) beside RTN, on every augmented seed and the baseline
+    out += [dict(rtn("w4a16", kind, s), method="flexround") for kind, s in ((aug, first), ("base", first),
+                                                                             *((aug, s) for s in rest))]
+    # the augmented rows at twice the steps: as many passes over the original sentences as the baseline
+    out += [dict(fp("standard", aug, s), variant=f"standard-{aug}-x2-s{s}", steps_factor=2) for s in seeds]
     return out
 
 
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--eval-every", type=int, default=60)
+    p.add_argument("--ptq-iters", type=int, default=200, help="iterations per block of the learned quantization rows")
     p.add_argument("--augment", type=float, default=1.0, help="--augment-train ratio of the augmented rows")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--only", default=None, help="comma-separated substrings of method|scheme|variant")
@@ -149,7 +155,7 @@ def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Pat
         out = runs / name
         model = str(runs / row["source"]) if row["method"] == "pruned" else args.model
         cmd = [*cli, "re", "train", "--data", args.data, "--split", row["split"], "--model", model,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+               "--steps", str(args.steps * row.get("steps_factor", 1)), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--eval-every", str(args.eval_every), "--seed", str(row["seed"]), "--device", args.device,
                "--no-progress", "--out", str(out)]
         if row["split"] == "rearranged":
@@ -168,15 +174,19 @@ def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Pat
                       train_seconds=rep["train_seconds"], loss_first=rep["loss_first"], loss_last=rep["loss_last"],
                       data_stats={k: rep["data"].get(k) for k in ("summary", "augmented_test", "augment_train")})
     else:
-        out = runs / f"{row['source']}-{row['scheme']}"
+        suffix = "" if row["method"] == "rtn" else f"-{row['method']}"
+        out = runs / f"{row['source']}-{row['scheme']}{suffix}"
         cmd = [*cli, "re", "quantize", "--run", str(runs / row["source"]), "--scheme", row["scheme"], "--out", str(out)]
+        if row["method"] != "rtn":
+            cmd += ["--method", row["method"], "--iters", str(args.ptq_iters), "--seed", str(row["seed"])]
         if not (out / "report.json").is_file():
             _run(cmd, env)
         commands.append(_cmdline(cmd))
         rep = json.loads((out / "report.json").read_text())
-        record.update(quantized_weights=rep.get("quantized_weights"), quantize_seconds=rep.get("seconds"))
+        record.update(quantized_weights=rep.get("quantized_weights"), quantize_seconds=rep.get("seconds"),
+                      calib=rep.get("calib"), block_losses=rep.get("block_losses"))
     for test in TESTS:
-        if row["method"] != "rtn":  # scored by re train itself (the same evaluate_extractor as re eval)
+        if row["method"] in ("fp", "pruned"):  # scored by re train itself (the same evaluate_extractor as re eval)
             record[test] = {k: rep[test][k] for k in ("seen", "unseen", "all", "unseen_share", "sentences")}
             record[f"{test}_eval_seconds"] = rep[test]["seconds"]
             continue
@@ -189,7 +199,10 @@ def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Pat
     meta = json.loads((out / "extractor.json").read_text())
     record.update(model=args.model, layers=meta["layers"], run=str(out), data=args.data,
                   seconds=round(time.perf_counter() - start, 1), device=device,
-                  budget=budget if row["method"] != "rtn" else f"no training (RTN of {row['source']})",
+                  budget=(budget.replace(f"{args.steps} steps", f"{args.steps * row.get('steps_factor', 1)} steps")
+                          if row["method"] in ("fp", "pruned") else
+                          f"no training (RTN of {row['source']})" if row["method"] == "rtn" else
+                          f"{args.ptq_iters} iters/block on 64 x 64 validation tokens ({row['method']} of {row['source']})"),
                   loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()],
                   command=" && ".join(commands), bench_command=bench_cmd)
     append_record(record, results)

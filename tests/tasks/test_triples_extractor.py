@@ -8,7 +8,7 @@ from compactlm.errors import CompactLMError
 from compactlm.models.tiny import tiny_model
 from compactlm.tasks.triples import (
     ExtractorConfig, ExtractorTrainConfig, TripleExample, TripleExtractor, evaluate_extractor, extraction_loss,
-    prune_extractor, quantize_extractor, train_extractor,
+    calibration_ids, prune_extractor, quantize_extractor, train_extractor,
 )
 from compactlm.tasks.triples.extractor import (
     B, I, IGNORE, O, align_span, decode_spans, encode_examples, mention_spans, trim_batch,
@@ -183,6 +183,15 @@ def test_quantized_and_pruned_extractors_round_trip(tmp_path):
     assert quant_linears(q.encoder) and q.predict([e.sentence for e in data]) == m.predict([e.sentence for e in data])
     with pytest.raises(CompactLMError, match="weight-only"):
         quantize_extractor(_extractor(), "w8a8")
+    calib = calibration_ids(m, [e.sentence for e in data], samples=3, seq_len=8)
+    first = m.tokenizer(data[0].sentence, truncation=True, max_length=m.config.max_length)["input_ids"]
+    assert calib.shape == (3, 8) and calib.flatten()[: min(8, len(first))].tolist() == first[:8]
+    f = _extractor()
+    rep = quantize_extractor(f, "w4a16", "flexround", calib, iters=20, lr=1e-2)
+    assert len(quant_linears(f.encoder)) == 12 and len(rep["block_losses"]) == 2
+    assert all(b["train_loss_after"] < b["train_loss_before"] for b in rep["block_losses"])  # learned beats its RTN start
+    with pytest.raises(CompactLMError, match="calib"):
+        quantize_extractor(_extractor(), "w4a16", "flexround")  # a learned method needs calibration
     p = prune_extractor(_extractor(), 1)
     assert len(p.encoder.encoder.layer) == 1 and p.encoder.config.num_hidden_layers == 1
     p.save(tmp_path / "p")

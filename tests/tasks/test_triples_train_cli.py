@@ -59,6 +59,16 @@ def test_re_train_eval_quantize_prune(tmp_path, run_cli, corpus, encoder_dir):
     code, out, err = run_cli(["re", "eval", "--run", str(q), "--test", "test", "--json"])
     assert code == 0, err
     assert json.loads(out)["sentences"] == report["test"]["sentences"]
+    f = tmp_path / "f"  # a learned method, calibrated on the run's validation sentences
+    code, out, err = run_cli(["re", "quantize", "--run", str(run), "--method", "flexround", "--iters", "3",
+                              "--calib-samples", "4", "--calib-seq-len", "8", "--out", str(f)])
+    assert code == 0, err
+    assert "w4a16 FlexRound" in out and not (tmp_path / "f.work").exists()
+    rep = json.loads((f / "report.json").read_text())
+    assert rep["method"] == "flexround" and rep["calib"] == {"source": "validation", "samples": 4, "seq_len": 8}
+    assert len(rep["block_losses"]) == 2 and json.loads((f / "config.json").read_text())["iters"] == 3
+    code, out, err = run_cli(["re", "eval", "--run", str(f), "--json"])
+    assert code == 0, err
 
     p = tmp_path / "p"
     code, out, err = _train(run_cli, corpus, run, p, "--keep-layers", "1")
@@ -88,6 +98,11 @@ def test_re_train_and_eval_errors(tmp_path, run_cli, corpus, encoder_dir):
     assert code == 2 and "not found" in err
     code, _, err = run_cli(["re", "quantize", "--run", str(run), "--scheme", "w8a8", "--out", str(tmp_path / "q")])
     assert code == 2 and "weight-only" in err
+    code, _, err = run_cli(["re", "quantize", "--run", str(run), "--iters", "5", "--out", str(tmp_path / "q")])
+    assert code == 2 and "--iters: only used by --method flexround / lrq" in err
+    code, _, err = run_cli(["re", "quantize", "--run", str(run), "--method", "lrq", "--calib-seq-len", "100000",
+                            "--out", str(tmp_path / "q")])
+    assert code == 2 and "--calib-seq-len" in err.splitlines()[-1] and "Traceback" not in err
     code, _, err = _train(run_cli, corpus, encoder_dir, run)
     assert code == 2 and "already exists" in err
 

@@ -7,7 +7,7 @@ test set ``test_augmented.jsonl`` (entity mentions swapped so every triple is un
 prints the corpus statistics. ``re train`` builds the same splits
 (:func:`compactlm.tasks.triples.prepare.prepare_data`) and trains the span-based extractor
 (:mod:`compactlm.tasks.triples.extractor`) into a run directory; ``re quantize`` writes a
-weight-only RTN copy of one; ``re eval`` scores any of them on seen / unseen / all triples. See
+weight-only quantized copy of one (RTN, FlexRound or LRQ); ``re eval`` scores any of them on seen / unseen / all triples. See
 :mod:`compactlm.tasks.triples` and docs/triples.md.
 """
 
@@ -95,10 +95,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e.set_defaults(func=run_eval)
 
-    q = rsub.add_parser("quantize", help="weight-only RTN of an extractor's encoder (e.g. w4a16, w4a16-g32)")
+    q = rsub.add_parser("quantize", help="weight-only quantization of an extractor's encoder (RTN, FlexRound, LRQ; "
+                        "e.g. w4a16, w4a16-g32)")
     q.add_argument("--run", required=True, help="run directory of `compactlm re train`")
     q.add_argument("--scheme", default="w4a16", help="weight-only scheme: w4a16 (4-bit per output channel), "
                    "w4a16-g32, w8a16, ... (default: %(default)s)")
+    q.add_argument("--method", default="rtn", choices=["rtn", "flexround", "lrq"],
+                   help="rtn, or block-wise reconstruction on the run's validation sentences (default: %(default)s)")
+    q.add_argument("--iters", type=int, default=200, help="flexround / lrq: steps per block (default: %(default)s)")
+    q.add_argument("--lr", type=float, default=3e-3, help="flexround / lrq: learning rate (default: %(default)s)")
+    q.add_argument("--calib-samples", type=int, default=64,
+                   help="flexround / lrq: calibration windows cut from the run's validation sentences, never a test "
+                   "set (default: %(default)s)")
+    q.add_argument("--calib-seq-len", type=int, default=64, help="flexround / lrq: tokens per window (default: %(default)s)")
+    A.add_seed(q)
     A.add_out(q)
     q.set_defaults(func=run_quantize)
 
@@ -245,22 +255,42 @@ def run_quantize(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from compactlm.commands.quantize import default_work_dir
     from compactlm.io import atomic_dir, read_json, write_json
     from compactlm.tasks.triples.extractor import META, TripleExtractor
-    from compactlm.tasks.triples.training import copy_run_data, quantize_extractor
+    from compactlm.tasks.triples.training import calibration_ids, copy_run_data, quantize_extractor, run_test_set
 
     _threads()
     extractor = TripleExtractor.load(args.run)
     if read_json(Path(args.run).expanduser() / META).get("quantized"):
         raise CompactLMError(f"--run: {args.run} is already quantized; give the full-precision run")
+    learned = args.method != "rtn"
+    if not learned:
+        given = [f for f, v in (("--iters", args.iters != 200), ("--lr", args.lr != 3e-3),
+                                ("--calib-samples", args.calib_samples != 64), ("--calib-seq-len", args.calib_seq_len != 64)) if v]
+        if given:
+            raise CompactLMError(f"{', '.join(given)}: only used by --method flexround / lrq (RTN needs no calibration)")
+    calib, options = None, {}
+    if learned:
+        _, validation = run_test_set(args.run, "validation")
+        calib = calibration_ids(extractor, [e.sentence for e in validation], args.calib_samples, args.calib_seq_len)
+        work = default_work_dir(args.out)
+        options = {"iters": args.iters, "lr": args.lr, "seed": args.seed, "work_dir": str(work)}
     start = time.perf_counter()
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-        report = quantize_extractor(extractor, args.scheme)
+        report = quantize_extractor(extractor, args.scheme, args.method, calib, **options)
         report["seconds"] = round(time.perf_counter() - start, 2)
+        if calib is not None:
+            report["calib"] = {"source": "validation", "samples": int(calib.shape[0]), "seq_len": int(calib.shape[1])}
         extractor.save(tmp)
         copy_run_data(args.run, tmp)
         write_json(tmp / "config.json", {"command": "re quantize", "run": str(args.run), "scheme": report["scheme"],
-                                         "method": "rtn"})
+                                         "method": args.method, **options})
         write_json(tmp / "report.json", report)
-    print(f"re quantize: {report['scheme']} RTN of {args.run} ({report['quantized_weights']} weights) -> {args.out}")
+    if learned:
+        import shutil
+
+        shutil.rmtree(default_work_dir(args.out), ignore_errors=True)
+    name = {"rtn": "RTN", "flexround": "FlexRound", "lrq": "LRQ"}[args.method]
+    print(f"re quantize: {report['scheme']} {name} of {args.run} ({report['quantized_weights']} weights) -> {args.out}")
     return 0

@@ -16,7 +16,7 @@
 * :mod:`.extractor` — :class:`TripleExtractor`: the span-based joint extractor (encoder, BIO
   spans, pairwise relations), its loss, decoding and run-directory format.
 * :mod:`.training` — :func:`train_extractor` (the one trainer, selection on validation),
-  :func:`evaluate_extractor`, :func:`quantize_extractor` (RTN), :func:`prune_extractor` (depth).
+  :func:`evaluate_extractor`, :func:`quantize_extractor` (RTN, FlexRound, LRQ; :func:`calibration_ids`), :func:`prune_extractor` (depth).
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from compactlm.tasks.triples.splits import Splits, rearrange, sift, sifted, stan
 from compactlm.tasks.triples.prepare import Prepared, prepare_data
 from compactlm.tasks.triples.extractor import ExtractorConfig, TripleExtractor, extraction_loss
 from compactlm.tasks.triples.training import (
-    ExtractorTrainConfig, build_extractor, evaluate_extractor, prune_extractor, quantize_extractor, train_extractor,
+    ExtractorTrainConfig, build_extractor, calibration_ids, evaluate_extractor, prune_extractor, quantize_extractor,
+    train_extractor,
 )
 
 __all__ = [
     "ExtractorConfig", "ExtractorTrainConfig", "Prepared", "TripleExtractor", "build_extractor", "evaluate_extractor",
-    "extraction_loss", "prepare_data", "prune_extractor", "quantize_extractor", "train_extractor",
+    "calibration_ids", "extraction_loss", "prepare_data", "prune_extractor", "quantize_extractor", "train_extractor",
     "DISTANT", "PRF", "DistantConfig", "EntityPool", "Splits", "Triple", "TripleExample", "augment_test_set",
     "augment_training", "format_triples", "is_seen", "load_splits", "normalize", "parse_generation",
     "parse_triples", "read_file", "rearrange", "report", "score", "sift", "sifted", "standard_split",

@@ -9,9 +9,10 @@
   the same step as an uninterrupted one.
 * :func:`evaluate_extractor` — predictions on a test set scored by :func:`.metrics.score` against
   the training triples: seen / unseen / all micro P/R/F1 and the unseen share.
-* :func:`quantize_extractor` — weight-only RTN of every encoder block linear
-  (:func:`compactlm.ptq.rtn.apply_rtn`, e.g. ``w4a16`` per output channel or ``w4a16-g32``); the
-  heads stay FP32.
+* :func:`quantize_extractor` — weight-only quantization of every encoder block linear with a
+  registered method (``compactlm.quantize``: RTN, or FlexRound / LRQ reconstructing each block's
+  output on :func:`calibration_ids` windows of validation sentences), e.g. ``w4a16`` per output
+  channel or ``w4a16-g32``; the heads stay FP32.
 * :func:`prune_extractor` — keep ``layers`` evenly spaced encoder blocks
   (:func:`compactlm.models.prune.prune_depth`, :func:`~compactlm.models.prune.evenly_spaced`), heads
   unchanged: the start of a depth-pruned student that :func:`train_extractor` fine-tunes.
@@ -145,17 +146,43 @@ def prune_extractor(extractor: TripleExtractor, layers: int) -> TripleExtractor:
     return extractor
 
 
-def quantize_extractor(extractor: TripleExtractor, scheme: str = "w4a16") -> dict:
-    """Weight-only RTN of the encoder's block linears in place (heads FP32); returns RTN's report."""
-    from compactlm.ptq.rtn import RTNConfig, apply_rtn
+def calibration_ids(extractor: TripleExtractor, sentences: Sequence[str], samples: int = 64,
+                    seq_len: int = 64) -> torch.Tensor:
+    """``(N, seq_len)`` calibration token ids for the encoder: ``sentences`` tokenized as the
+    extractor reads them (with their special tokens), concatenated and cut into windows, at most
+    ``samples`` of them (the engine takes unpadded rows of one length)."""
+    if samples < 1 or seq_len < 2:
+        raise CompactLMError(f"--calib-samples / --calib-seq-len: expected >= 1 / >= 2, got {samples} / {seq_len}")
+    ids: list[int] = []
+    for text in sentences:
+        ids += extractor.tokenizer(text, truncation=True, max_length=extractor.config.max_length)["input_ids"]
+        if len(ids) >= samples * seq_len:
+            break
+    n = min(samples, len(ids) // seq_len)
+    if n == 0:
+        raise CompactLMError(f"--calib-seq-len: the {len(sentences)} calibration sentences hold {len(ids)} tokens, "
+                             f"fewer than one window of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def quantize_extractor(extractor: TripleExtractor, scheme: str = "w4a16", method: str = "rtn",
+                       calib: torch.Tensor | None = None, **options) -> dict:
+    """Weight-only quantization of the encoder's block linears in place (heads FP32) with any
+    registered method (``rtn``; ``flexround`` / ``lrq`` reconstruct block outputs on ``calib``,
+    ``options`` their settings, e.g. ``iters``); returns the method's report."""
+    from compactlm.api import quantize
     from compactlm.quant.scheme import QuantScheme
 
     qs = QuantScheme.parse(scheme)
     if qs.quantizes_activations:
         raise CompactLMError(f"--scheme: {scheme} quantizes activations; the extractor takes weight-only schemes "
                              "(w4a16, w4a16-g32, w8a16, ...)")
-    report = apply_rtn(extractor.encoder, qs, RTNConfig())
-    return {"scheme": qs.name, **report}
+    was_training = extractor.training
+    extractor.eval()
+    report = quantize(extractor.encoder, method, qs, calib=calib, **options)
+    extractor.train(was_training)
+    return {**{k: v for k, v in report.items() if k not in ("blocks",)}, "scheme": qs.name,
+            "block_losses": [{k: b.get(k) for k in ("train_loss_before", "train_loss_after")} for b in report.get("blocks", [])]}
 
 
 def _state_of(model: TripleExtractor) -> dict[str, torch.Tensor]:
