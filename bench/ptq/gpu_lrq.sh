@@ -15,7 +15,7 @@ LIMIT="${LIMIT:-480}"  # seconds for the whole row, leaving time to copy results
 PY="${PY:-.venv/bin/python}"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
 timeout "$LIMIT" "$PY" bench/ptq/lrq_sweep.py --rows lrq-authors-lp2d --device cuda --amp bf16 \
-    --iters "$ITERS" --lr 6e-4 --results "$OUT/ptq-lrq-gpu.json" --work "$OUT/work" || echo "stopped (rc=$?); rerun to resume"
+    --iters "$ITERS" --lr 6e-4 --zeroshot-limit 250 --results "$OUT/ptq-lrq-gpu.json" --work "$OUT/work" || echo "stopped (rc=$?); rerun to resume"
 # the FlexRound peer at the same budget (authors' lr 2.5e-3), if there is time left on another call:
 #   "$PY" bench/ptq/lrq_sweep.py --rows flexround --device cuda --amp bf16 --iters "$ITERS" --lr 2.5e-3 \
 #       --results "$OUT/ptq-lrq-gpu.json" --work "$OUT/work"

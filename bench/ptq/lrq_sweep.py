@@ -53,10 +53,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     "lrq-all": ("lrq", {"rank_rule": "all"}),
     "lrq-authors": ("lrq", {"rank_rule": "authors"}),
     "lrq-authors-lp2d": ("lrq", {"rank_rule": "authors", "clip": "lp2d"}),
+    "lrq-all-lp2d": ("lrq", {"rank_rule": "all", "clip": "lp2d"}),
     "lrq-saving": ("lrq", {"rank_rule": "saving", "saving_fraction": 0.4}),
     "flexround-lp2d": ("flexround", {"clip": "lp2d"}),
     "rtn": ("rtn", {}),  # the clip-search ablation without learning: min/max vs the 2-D search
     "rtn-lp2d": ("rtn", {"clip": "lp2d"}),
+    "gptq": ("gptq", {}),  # the peer through llm-compressor (.venv-peers), the PTQ benchmark's checkpoint
     "autoround": ("autoround", {}),  # the peer: quantized by peers_autoround.py in .venv-peers, scored here
 }
 PEERS = ROOT / "runs" / "peers"
@@ -74,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-seq-len", type=int, default=256)
     p.add_argument("--calib-file", default=None, help="default: runs/peers/calib-wiki-<N>x<L>.safetensors")
     p.add_argument("--ppl-tokens", type=int, default=8192, help="tokens per perplexity corpus")
+    p.add_argument("--zeroshot-limit", type=int, default=0,
+                   help="examples per zero-shot task (arc_easy, arc_challenge, hellaswag, piqa, winogrande); the "
+                   "issue asks >= 250 to rank methods (~15 core-minutes per row at 250); 0: none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: gpu_lrq.sh)")
     p.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast of the reconstruction steps")
@@ -90,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def row_variant(name: str, args) -> str:
     """Row key: name, scheme, budget, seed, and the learning rate when it is not the default (an LR
     sweep row is a row of its own; the peer's is AutoRound's own rule)."""
-    lr = "" if args.lr == DEFAULT_LR or ROWS[name][0] in ("fp", "rtn", "autoround") else f"|lr={args.lr:g}"
+    lr = "" if args.lr == DEFAULT_LR or ROWS[name][0] in ("fp", "rtn", "gptq", "autoround") else f"|lr={args.lr:g}"
     return f"{name}|{args.scheme}|iters={args.iters}|seed={args.seed}{lr}"
 
 
@@ -144,6 +149,18 @@ def run_row(name: str, args, command: str) -> None:
         from compactlm.quant.scheme import QuantScheme
 
         fields = load_autoround(model, autoround_dir(args), QuantScheme.parse(args.scheme).w_bits)
+    elif method == "gptq":
+        from types import SimpleNamespace
+
+        from compactlm.export import load_compressed_tensors
+        from grid import Row
+        from run import peer_checkpoint
+
+        peer_args = SimpleNamespace(peers_out=str(PEERS), calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len,
+                                    calib_file=args.calib_file, seed=args.seed, peers_python=str(ROOT / ".venv-peers/bin/python"))
+        folder, meta = peer_checkpoint(Row("gptq", args.scheme, "main"), peer_args)
+        model = load_compressed_tensors(folder).to(args.device)
+        fields = {"seconds": meta["seconds"], "learned_params": 0, "checkpoint": str(folder), "peer_recipe": meta["recipe"]}
     elif method == "rtn":
         report = quantize(model, "rtn", args.scheme, **extra)
         fields = {"seconds": report["seconds"], "learned_params": 0,
@@ -175,12 +192,22 @@ def run_row(name: str, args, command: str) -> None:
         r = perplexity(model, tok, corpus, seq_len=512, max_tokens=args.ppl_tokens)
         ppl[f"ppl_{corpus.replace('-', '_')}"] = round(r["ppl"], 4)
         ppl["ppl_tokens"] = r["tokens"]
+    if args.zeroshot_limit > 0:
+        from compactlm.eval import zeroshot
+        from records import ZEROSHOT_TASKS
+
+        start = time.perf_counter()
+        z = zeroshot(model, tok, list(ZEROSHOT_TASKS), limit=args.zeroshot_limit)
+        ppl.update(zeroshot_avg=round(z["avg_acc"], 4), zeroshot_limit=args.zeroshot_limit,
+                   zeroshot_seconds=round(time.perf_counter() - start, 1),
+                   **{f"zs_{t}": round(v["acc"], 4) for t, v in z["tasks"].items()})
     record = {
         "row": name, "method": method, "scheme": args.scheme if method != "fp" else "fp32",
         "variant": row_variant(name, args), "model": MODEL, **fields, **ppl,
         "peak_mem_mb": round(peak_memory_mb(), 1),
-        "calib": f"wiki {args.calib_samples}x{args.calib_seq_len}" if method not in ("fp", "rtn") else "",
+        "calib": f"wiki {args.calib_samples}x{args.calib_seq_len}" if method not in ("fp", "rtn") else "",  # gptq: the same file
         "budget": ("no quantization" if method == "fp" else "no training" if method == "rtn" else
+                   "GPTQ (llm-compressor 0.14: block 128, dampening 0.01, min/max observer), same calibration" if method == "gptq" else
                    f"{args.iters} iters/block x 30 blocks, batch {args.batch_size}x{args.calib_seq_len}, "
                    + (f"lr {fields['peer_settings']['lr'] or f'1/{args.iters} (AutoRound default)'}, no holdout"
                       if method == "autoround" else f"lr {args.lr} (cosine), holdout 1/8")),
@@ -200,6 +227,10 @@ def label(r: dict) -> str:
     return r["row"] + ("" if lr in (None, DEFAULT_LR) else f" (lr {lr:g})")
 
 
+def zs(r: dict) -> str:
+    return f"{100 * r['zeroshot_avg']:.1f} ({r['zeroshot_limit']})" if r.get("zeroshot_avg") is not None else ""
+
+
 def resumed(r: dict) -> str:
     """Marker for a row whose seconds / it/s cover only the blocks after a resume."""
     return f" (resumed after {r['resumed_blocks']} blocks: time of the rest only)" if r.get("resumed_blocks") else ""
@@ -216,8 +247,8 @@ def write_report(records: list[dict], results: Path) -> None:
         "~5% between learned rows are not evidence (issue 14).",
         "",
         "| row | scheme | budget | learned params | train loss | held-out loss | wiki-eval PPL | c4-sample PPL | "
-        "x FP (wiki / c4) | seconds | it/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "x FP (wiki / c4) | zero-shot avg (n/task) | seconds | it/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         ratio = ""
@@ -226,7 +257,7 @@ def write_report(records: list[dict], results: Path) -> None:
         lines.append(
             f"| {label(r)} | {r['scheme']} | {r['budget'].split(',')[0]} | {r['learned_params']:,} | "
             f"{r.get('train_loss_after_sum', '')} | {r.get('holdout_loss_after_sum', '')} | {r['ppl_wiki_eval']:.2f} | "
-            f"{r['ppl_c4_sample']:.2f} | {ratio} | {r['seconds']:.0f}{resumed(r)} | {r.get('it_per_s') or ''} |")
+            f"{r['ppl_c4_sample']:.2f} | {ratio} | {zs(r)} | {r['seconds']:.0f}{resumed(r)} | {r.get('it_per_s') or ''} |")
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
