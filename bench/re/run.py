@@ -75,6 +75,8 @@ def plan(seeds: list[int], ratio: float) -> list[dict]:
                                                                              *((aug, s) for s in rest))]
     # the augmented rows at twice the steps: as many passes over the original sentences as the baseline
     out += [dict(fp("standard", aug, s), variant=f"standard-{aug}-x2-s{s}", steps_factor=2) for s in seeds]
+    # and the baseline at the same longer budget (equal steps again, at 2x)
+    out += [dict(fp("standard", "base", s), variant=f"standard-base-x2-s{s}", steps_factor=2) for s in seeds]
     return out
 
 
