@@ -133,7 +133,7 @@ def test_autoround_peer_folder_reloads_into_our_model(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from conftest import tiny_model
+    from compactlm.models.tiny import tiny_model
     from lrq_sweep import load_autoround
 
     peer = tiny_model("llama")
