@@ -100,8 +100,10 @@ def row_variant(name: str, args) -> str:
 
 
 def autoround_dir(args) -> Path:
-    """The folder ``peers_autoround.py`` writes for this scheme / budget / seed (its ``cell_name``)."""
-    return PEERS / (f"autoround-{args.scheme}-it{args.iters}" + (f"-s{args.seed}" if args.seed else ""))
+    """The folder ``peers_autoround.py`` writes for this scheme / budget / seed."""
+    from peers_autoround import cell_name
+
+    return PEERS / cell_name(args.scheme, args.iters, args.seed)
 
 
 def load_autoround(model, folder: Path, bits: int) -> dict:

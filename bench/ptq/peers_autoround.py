@@ -1,7 +1,8 @@
 """Peer PTQ method: AutoRound (Intel's ``auto-round`` package, SignRound) on ``smollm2-135m`` (issue 14).
 
 Runs in ``.venv`` after ``make autoround`` (auto-round 0.16 cannot share ``.venv-peers`` with
-llm-compressor 0.14: pip finds their requirements in conflict) and imports nothing from compactlm. Inputs are files written by compactlm, so AutoRound sees exactly our calibration:
+llm-compressor 0.14: pip finds their requirements in conflict); from compactlm it takes only
+``compactlm.io.atomic_dir`` (the quantization is AutoRound's own). Inputs are files written by compactlm, so AutoRound sees exactly our calibration:
 
 * the FP32 model cached by ``compactlm.models.load_model("smollm2-135m")``
   (``$COMPACTLM_CACHE/models/smollm2-135m``, a plain HF folder);
@@ -11,8 +12,8 @@ For every (scheme, iters) it runs ``AutoRound(...).quantize()`` with the benchma
 (all samples, their length, batch 2 as our engine), weights asymmetric per output channel (as our
 w3a16 / w4a16), ``lm_head`` and embeddings left in FP as ours, and saves AutoRound's ``fake``
 export (the dequantized weights, a plain HF folder) to ``<out>/autoround-<scheme>-it<iters>/`` with
-``peer_meta.json`` (wall time, peak memory, settings, versions) — written to a temporary folder, then
-renamed, so a killed run leaves nothing half-written; finished cells are skipped. ``lrq_sweep.py
+``peer_meta.json`` (wall time, peak memory, settings, versions) — written through
+``compactlm.io.atomic_dir``, so a killed run leaves nothing half-written; finished cells are skipped. ``lrq_sweep.py
 --rows autoround`` (in ``.venv``) checks that every quantized row holds at most ``2^bits`` values,
 evaluates it with compactlm's evaluator and appends the row.
 
@@ -28,7 +29,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -47,6 +47,9 @@ def cell_name(scheme: str, iters: int, seed: int) -> str:
 def run_cell(scheme: str, args, ids) -> None:
     import torch
     import transformers as T
+
+    from compactlm.io import atomic_dir
+
     try:
         from auto_round import AutoRound
     except ImportError:
@@ -56,8 +59,6 @@ def run_cell(scheme: str, args, ids) -> None:
     if (final / "peer_meta.json").is_file():
         log.info("skip %s (done)", final.name)
         return
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     torch.manual_seed(args.seed)
     model = T.AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     tok = T.AutoTokenizer.from_pretrained(args.model_dir)
@@ -70,7 +71,6 @@ def run_cell(scheme: str, args, ids) -> None:
     ar = AutoRound(model, tok, dataset=batches, **{k: v for k, v in settings.items() if v is not None})
     ar.quantize()
     seconds = time.perf_counter() - start
-    ar.save_quantized(str(tmp), format="fake", inplace=True)
     import auto_round
 
     meta = {"method": "autoround", "scheme": scheme, "iters": args.iters, "seconds": round(seconds, 1),
@@ -78,9 +78,9 @@ def run_cell(scheme: str, args, ids) -> None:
             "versions": {"auto_round": auto_round.__version__, "torch": torch.__version__,
                          "transformers": T.__version__},
             "calib": str(args.calib), "threads": torch.get_num_threads()}
-    (tmp / "peer_meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final, overwrite=True) as tmp:  # a half-written export never looks finished
+        ar.save_quantized(str(tmp), format="fake", inplace=True)
+        (tmp / "peer_meta.json").write_text(json.dumps(meta, indent=1))
     log.info("%s done in %.0f s", final.name, seconds)
 
 

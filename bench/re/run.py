@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "ptq"))
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = (torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu"
               else f"cpu-{threads}thread (2-core host, shared)")
-    budget = (f"{args.steps} steps x batch {args.batch_size}, lr {args.lr}, warmup 0.1, max_length 128, "
-              f"validation F1 every {args.eval_every} steps selects the step and the relation threshold")
+    def budget(steps: int) -> str:
+        return (f"{steps} steps x batch {args.batch_size}, lr {args.lr}, warmup 0.1, max_length 128, "
+                f"validation F1 every {args.eval_every} steps selects the step and the relation threshold")
     bench_cmd = "python bench/re/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     seeds = [int(s) for s in args.seeds.split(",")]
     filters = args.only.split(",") if args.only else None
@@ -144,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Path, device: str, budget: str,
-            bench_cmd: str) -> None:
+def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Path, device: str,
+            budget: Callable[[int], str], bench_cmd: str) -> None:
     """Train / quantize, evaluate and append one row."""
     key = row_key(row)
+    steps = args.steps * row.get("steps_factor", 1)  # trained rows
     load_start = os.getloadavg()
     start = time.perf_counter()
     record = dict(row)
@@ -157,7 +160,7 @@ def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Pat
         out = runs / name
         model = str(runs / row["source"]) if row["method"] == "pruned" else args.model
         cmd = [*cli, "re", "train", "--data", args.data, "--split", row["split"], "--model", model,
-               "--steps", str(args.steps * row.get("steps_factor", 1)), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+               "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--eval-every", str(args.eval_every), "--seed", str(row["seed"]), "--device", args.device,
                "--no-progress", "--out", str(out)]
         if row["split"] == "rearranged":
@@ -201,8 +204,7 @@ def run_row(row: dict, args, cli: list[str], env: dict, runs: Path, results: Pat
     meta = json.loads((out / "extractor.json").read_text())
     record.update(model=args.model, layers=meta["layers"], run=str(out), data=args.data,
                   seconds=round(time.perf_counter() - start, 1), device=device,
-                  budget=(budget.replace(f"{args.steps} steps", f"{args.steps * row.get('steps_factor', 1)} steps")
-                          if row["method"] in ("fp", "pruned") else
+                  budget=(budget(steps) if row["method"] in ("fp", "pruned") else
                           f"no training (RTN of {row['source']})" if row["method"] == "rtn" else
                           f"{args.ptq_iters} iters/block on 64 x 64 validation tokens ({row['method']} of {row['source']})"),
                   loadavg_start=[round(x, 2) for x in load_start], loadavg_end=[round(x, 2) for x in os.getloadavg()],

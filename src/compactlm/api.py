@@ -75,7 +75,12 @@ def quantize(
         raise CompactLMError(f"calib: expected a non-empty (N, T) tensor of token ids, got shape {list(calib.shape)}")
     _check_scheme_fits(model, scheme)
     start = time.perf_counter()
-    report = m.apply(model, scheme, config, calib)
+    was_training = model.training
+    model.eval()  # calibration forwards without dropout, whatever mode the caller left the model in
+    try:
+        report = m.apply(model, scheme, config, calib)
+    finally:
+        model.train(was_training)
     return {
         "method": method,
         "scheme": scheme.name,

@@ -21,6 +21,16 @@ from compactlm.errors import CompactLMError
 from compactlm.tasks.triples.prepare import SPLITS
 
 
+# re quantize flags only the learned methods take: (flag, type, help); their defaults apply when unset
+_LEARNED_FLAGS = (
+    ("--iters", int, "steps per block"),
+    ("--lr", float, "learning rate"),
+    ("--calib-samples", int, "calibration windows cut from the run's validation sentences, never a test set"),
+    ("--calib-seq-len", int, "tokens per window"),
+)
+_LEARNED_DEFAULTS = {"--iters": 200, "--lr": 3e-3, "--calib-samples": 64, "--calib-seq-len": 64}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("re", help="relational triple extraction measured on seen vs unseen triples")
     rsub = p.add_subparsers(dest="re_command", metavar="ACTION", required=True)
@@ -102,12 +112,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "w4a16-g32, w8a16, ... (default: %(default)s)")
     q.add_argument("--method", default="rtn", choices=["rtn", "flexround", "lrq"],
                    help="rtn, or block-wise reconstruction on the run's validation sentences (default: %(default)s)")
-    q.add_argument("--iters", type=int, default=200, help="flexround / lrq: steps per block (default: %(default)s)")
-    q.add_argument("--lr", type=float, default=3e-3, help="flexround / lrq: learning rate (default: %(default)s)")
-    q.add_argument("--calib-samples", type=int, default=64,
-                   help="flexround / lrq: calibration windows cut from the run's validation sentences, never a test "
-                   "set (default: %(default)s)")
-    q.add_argument("--calib-seq-len", type=int, default=64, help="flexround / lrq: tokens per window (default: %(default)s)")
+    for flag, kind, help in _LEARNED_FLAGS:
+        q.add_argument(flag, type=kind, default=None, help=f"flexround / lrq: {help} (default: {_LEARNED_DEFAULTS[flag]})")
     A.add_seed(q)
     A.add_out(q)
     q.set_defaults(func=run_quantize)
@@ -257,6 +263,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     from compactlm.commands.quantize import default_work_dir
     from compactlm.io import atomic_dir, read_json, write_json
+    from compactlm.ptq.store import remove_work_dir
     from compactlm.tasks.triples.extractor import META, TripleExtractor
     from compactlm.tasks.triples.training import calibration_ids, copy_run_data, quantize_extractor, run_test_set
 
@@ -265,17 +272,18 @@ def run_quantize(args: argparse.Namespace) -> int:
     if read_json(Path(args.run).expanduser() / META).get("quantized"):
         raise CompactLMError(f"--run: {args.run} is already quantized; give the full-precision run")
     learned = args.method != "rtn"
-    if not learned:
-        given = [f for f, v in (("--iters", args.iters != 200), ("--lr", args.lr != 3e-3),
-                                ("--calib-samples", args.calib_samples != 64), ("--calib-seq-len", args.calib_seq_len != 64)) if v]
-        if given:
-            raise CompactLMError(f"{', '.join(given)}: only used by --method flexround / lrq (RTN needs no calibration)")
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in _LEARNED_DEFAULTS}
+    if not learned and any(v is not None for v in given.values()):
+        flags = ", ".join(f for f, v in given.items() if v is not None)
+        raise CompactLMError(f"{flags}: only used by --method flexround / lrq (RTN needs no calibration)")
+    settings = {f: _LEARNED_DEFAULTS[f] if x is None else x for f, x in given.items()}
     calib, options = None, {}
     if learned:
         _, validation = run_test_set(args.run, "validation")
-        calib = calibration_ids(extractor, [e.sentence for e in validation], args.calib_samples, args.calib_seq_len)
-        work = default_work_dir(args.out)
-        options = {"iters": args.iters, "lr": args.lr, "seed": args.seed, "work_dir": str(work)}
+        calib = calibration_ids(extractor, [e.sentence for e in validation], settings["--calib-samples"],
+                                settings["--calib-seq-len"])
+        options = {"iters": settings["--iters"], "lr": settings["--lr"], "seed": args.seed,
+                   "work_dir": str(default_work_dir(args.out))}
     start = time.perf_counter()
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         report = quantize_extractor(extractor, args.scheme, args.method, calib, **options)
@@ -287,10 +295,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         write_json(tmp / "config.json", {"command": "re quantize", "run": str(args.run), "scheme": report["scheme"],
                                          "method": args.method, **options})
         write_json(tmp / "report.json", report)
-    if learned:
-        import shutil
-
-        shutil.rmtree(default_work_dir(args.out), ignore_errors=True)
+    if learned:  # the output is saved: the resume state has served its purpose
+        remove_work_dir(default_work_dir(args.out))
     name = {"rtn": "RTN", "flexround": "FlexRound", "lrq": "LRQ"}[args.method]
     print(f"re quantize: {report['scheme']} {name} of {args.run} ({report['quantized_weights']} weights) -> {args.out}")
     return 0

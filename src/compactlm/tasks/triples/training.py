@@ -177,12 +177,10 @@ def quantize_extractor(extractor: TripleExtractor, scheme: str = "w4a16", method
     if qs.quantizes_activations:
         raise CompactLMError(f"--scheme: {scheme} quantizes activations; the extractor takes weight-only schemes "
                              "(w4a16, w4a16-g32, w8a16, ...)")
-    was_training = extractor.training
-    extractor.eval()
     report = quantize(extractor.encoder, method, qs, calib=calib, **options)
-    extractor.train(was_training)
-    return {**{k: v for k, v in report.items() if k not in ("blocks",)}, "scheme": qs.name,
-            "block_losses": [{k: b.get(k) for k in ("train_loss_before", "train_loss_after")} for b in report.get("blocks", [])]}
+    blocks = report.pop("blocks", [])
+    return {**report, "scheme": qs.name,
+            "block_losses": [{k: b.get(k) for k in ("train_loss_before", "train_loss_after")} for b in blocks]}
 
 
 def _state_of(model: TripleExtractor) -> dict[str, torch.Tensor]:
