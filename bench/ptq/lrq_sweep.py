@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -238,6 +239,85 @@ def resumed(r: dict) -> str:
     return f" (resumed after {r['resumed_blocks']} blocks: time of the rest only)" if r.get("resumed_blocks") else ""
 
 
+def _group_key(r: dict) -> str:
+    """A row's key without its seed: rows that differ only in seed are one table row (mean ± std)."""
+    return "|".join(part for part in r["variant"].split("|") if not part.startswith("seed="))
+
+
+def _iters(r: dict) -> int:
+    return int(next((p.split("=")[1] for p in r["variant"].split("|") if p.startswith("iters=")), 0)) \
+        if r["method"] not in ("fp", "rtn", "gptq") else 0
+
+
+def _ms(values: list[float], fmt: str = ".2f") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.fmean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def grouped(records: list[dict]) -> list[list[dict]]:
+    """Records grouped over seeds, ordered by scheme, budget (iterations) and the ROWS order."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_group_key(r), []).append(r)
+    order = list(ROWS)
+    return sorted(groups.values(), key=lambda g: (g[0]["method"] != "fp", g[0]["scheme"], _iters(g[0]),
+                                                  order.index(g[0]["row"]) if g[0]["row"] in order else 99, label(g[0])))
+
+
+def mean_of(group: list[dict], key: str) -> float | None:
+    values = [r[key] for r in group if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def selection_lines(records: list[dict]) -> list[str]:
+    """Per (scheme, iterations): the LRQ variant with the lowest held-out block loss (never the
+    evaluation data), and the issue's targets read against FlexRound (best of its starts, by the same
+    held-out rule), AutoRound and GPTQ."""
+    groups = grouped(records)
+    cells = sorted({(g[0]["scheme"], _iters(g[0])) for g in groups if g[0]["method"] == "lrq"})
+    out = []
+    for scheme, iters in cells:
+        def pick(method: str):
+            cands = [g for g in groups if g[0]["method"] == method and g[0]["scheme"] == scheme and _iters(g[0]) == iters
+                     and mean_of(g, "holdout_loss_after_sum") is not None]
+            return min(cands, key=lambda g: mean_of(g, "holdout_loss_after_sum")) if cands else None
+
+        lrq, flex = pick("lrq"), pick("flexround")
+        peers = {m: next((g for g in groups if g[0]["method"] == m and g[0]["scheme"] == scheme
+                          and (m == "gptq" or _iters(g[0]) == iters)), None) for m in ("autoround", "gptq")}
+
+        def ppl(g, corpus):
+            return mean_of(g, f"ppl_{corpus}")
+
+        def n(g):
+            return f"{len(g)} seed{'s' if len(g) > 1 else ''}"
+
+        text = (f"- **{scheme}, {iters} it/block**: LRQ chosen on held-out block loss: `{label(lrq[0])}` "
+                f"({n(lrq)}; held-out {mean_of(lrq, 'holdout_loss_after_sum'):,.0f}, "
+                f"wiki-eval {ppl(lrq, 'wiki_eval'):.2f}, {OOD} {ppl(lrq, 'c4_sample'):.2f}, "
+                f"{lrq[0]['learned_params'] / 1e6:.1f}M learned).")
+        checks = []
+        if flex:
+            checks.append(f"FlexRound (`{label(flex[0])}`, {n(flex)}) {OOD} {ppl(flex, 'c4_sample'):.2f}: LRQ "
+                          + ("lower" if ppl(lrq, "c4_sample") < ppl(flex, "c4_sample") else "**not lower**")
+                          + f"; params {lrq[0]['learned_params'] / max(flex[0]['learned_params'], 1):.2f}x (target ≤ 0.5x)")
+        if peers["autoround"]:
+            g = peers["autoround"]
+            checks.append(f"AutoRound {OOD} {ppl(g, 'c4_sample'):.2f}: LRQ "
+                          + ("lower" if ppl(lrq, "c4_sample") < ppl(g, "c4_sample") else "**not lower**"))
+        if peers["gptq"]:
+            g = peers["gptq"]
+            both = ppl(lrq, "wiki_eval") < ppl(g, "wiki_eval") and ppl(lrq, "c4_sample") < ppl(g, "c4_sample")
+            checks.append(f"GPTQ {ppl(g, 'wiki_eval'):.2f} / {ppl(g, 'c4_sample'):.2f}: LRQ "
+                          + ("better in both domains" if both else "**not better in both domains**"))
+        out.append(text + (" Against " + "; ".join(checks) + "." if checks else ""))
+    return out
+
+
 def write_report(records: list[dict], results: Path) -> None:
     fp = next((r for r in records if r["method"] == "fp"), None)
     lines = [
@@ -245,30 +325,45 @@ def write_report(records: list[dict], results: Path) -> None:
         "",
         "smollm2-135m; calibration `wiki`, 1/8 of the samples held out of every training batch; "
         f"perplexity on `wiki-eval` (in domain) and `{OOD}` (out of domain), 512-token windows. "
-        "Block losses are summed over the 30 blocks after reconstruction. One seed: differences under "
-        "~5% between learned rows are not evidence (issue 14).",
+        "Block losses are summed over the 30 blocks after reconstruction. Rows that differ only in seed are "
+        "one line, mean ± sample std over the seeds (the seeds column); one seed: differences under ~5% "
+        "between learned rows are not evidence (issue 14).",
         "",
-        "| row | scheme | budget | learned params | train loss | held-out loss | wiki-eval PPL | c4-sample PPL | "
+        "| row | scheme | budget | seeds | learned params | train loss | held-out loss | wiki-eval PPL | c4-sample PPL | "
         "x FP (wiki / c4) | zero-shot avg (n/task) | seconds | it/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
+    for g in grouped(records):
+        r = g[0]
         ratio = ""
         if fp and r is not fp:
-            ratio = f"{r['ppl_wiki_eval'] / fp['ppl_wiki_eval']:.2f} / {r['ppl_c4_sample'] / fp['ppl_c4_sample']:.2f}"
+            ratio = f"{mean_of(g, 'ppl_wiki_eval') / fp['ppl_wiki_eval']:.2f} / {mean_of(g, 'ppl_c4_sample') / fp['ppl_c4_sample']:.2f}"
+        seconds = _ms([x["seconds"] for x in g], ".0f") + (resumed(r) if len(g) == 1 else "")
         lines.append(
-            f"| {label(r)} | {r['scheme']} | {r['budget'].split(',')[0]} | {r['learned_params']:,} | "
-            f"{r.get('train_loss_after_sum', '')} | {r.get('holdout_loss_after_sum', '')} | {r['ppl_wiki_eval']:.2f} | "
-            f"{r['ppl_c4_sample']:.2f} | {ratio} | {zs(r)} | {r['seconds']:.0f}{resumed(r)} | {r.get('it_per_s') or ''} |")
+            f"| {label(r)} | {r['scheme']} | {r['budget'].split(',')[0]} | {', '.join(str(x['seed']) for x in g)} | "
+            f"{r['learned_params']:,} | {_ms([x.get('train_loss_after_sum') for x in g], ',.0f')} | "
+            f"{_ms([x.get('holdout_loss_after_sum') for x in g], ',.0f')} | {_ms([x['ppl_wiki_eval'] for x in g])} | "
+            f"{_ms([x['ppl_c4_sample'] for x in g])} | {ratio} | {zs(r) if len(g) == 1 else ''} | {seconds} | "
+            f"{_ms([x.get('it_per_s') for x in g], '.2f')} |")
+    selection = selection_lines(records)
+    if selection:
+        lines += ["", "## Selection and targets", "",
+                  "LRQ's variant (rank rule, start, LR) and FlexRound's start are each chosen on the summed held-out "
+                  "block loss, never on perplexity; the targets (issue 14) are then read on the out-of-domain corpus.",
+                  "", *selection]
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
-                  "| row | " + " | ".join(next(iter(lrq))["linears"]) + " |",
+                  "| rank rule | " + " | ".join(next(iter(lrq))["linears"]) + " |",
                   "|---|" + "---|" * len(next(iter(lrq))["linears"])]
+        seen = set()
         for r in lrq:
             cells = [f"{v['form']}{'' if v['rank'] is None else ' r' + str(v['rank'])} ({v['learned_params'] / 1e6:.2f}M)"
                      for v in r["linears"].values()]
-            lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
+            rule = (r.get("options") or {}).get("rank_rule", r["row"])
+            if (rule, tuple(cells)) not in seen:
+                seen.add((rule, tuple(cells)))
+                lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     lines += ["", "Commands: " + "; ".join(sorted({r['command'] for r in records})), ""]
     results.with_suffix(".md").write_text("\n".join(lines))
     try:
@@ -278,24 +373,41 @@ def write_report(records: list[dict], results: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return
-    learned = [r for r in records if r["method"] != "fp"]
-    if not learned:
+    learned = [g for g in grouped(records) if g[0]["method"] != "fp"]
+    schemes = sorted({g[0]["scheme"] for g in learned})
+    if not schemes:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in learned:
-        if r.get("holdout_loss_after"):  # our engine's rows (the AutoRound peer reports no block losses)
-            axes[0].plot(range(len(r["holdout_loss_after"])), r["holdout_loss_after"], label=f"{label(r)} held-out")
-            axes[0].plot(range(len(r["train_loss_after"])), r["train_loss_after"], ls=":",
-                         color=axes[0].lines[-1].get_color())
-        axes[1].scatter(r["ppl_wiki_eval"], r["ppl_c4_sample"], s=20 + r["learned_params"] / 1e6)
-        axes[1].annotate(f"{label(r)} ({r['learned_params'] / 1e6:.0f}M)", (r["ppl_wiki_eval"], r["ppl_c4_sample"]), fontsize=7)
-    axes[0].set(yscale="log", xlabel="block", ylabel="block loss after (solid held-out, dotted train)")
-    axes[0].legend(fontsize=7)
-    axes[1].set(xlabel="wiki-eval PPL (in domain)", ylabel=f"{OOD} PPL (out of domain)",
-                title="marker size ~ learned parameters")
-    fig.suptitle(f"smollm2-135m {learned[0]['scheme']}, {learned[0]['budget'].split(',')[0]}")
+    fig, axes = plt.subplots(len(schemes), 2, figsize=(12, 4.2 * len(schemes)), squeeze=False)
+    for row_axes, scheme in zip(axes, schemes):
+        ax_loss, ax_ppl = row_axes
+        curves: dict[str, list] = {}
+        for g in learned:
+            r = g[0]
+            if r["scheme"] != scheme:
+                continue
+            if mean_of(g, "holdout_loss_after_sum") is not None:  # our engine's rows (AutoRound reports no block loss)
+                name = label(r)
+                curves.setdefault(name, []).append((_iters(r), mean_of(g, "holdout_loss_after_sum"), mean_of(g, "train_loss_after_sum")))
+            ax_ppl.scatter(mean_of(g, "ppl_wiki_eval"), mean_of(g, "ppl_c4_sample"), s=15 + r["learned_params"] / 2e6,
+                           marker="o" if _iters(r) <= 20 else "s", alpha=0.7)
+            ax_ppl.annotate(f"{label(r)}" + (f" {_iters(r)}it" if _iters(r) else ""),
+                            (mean_of(g, "ppl_wiki_eval"), mean_of(g, "ppl_c4_sample")), fontsize=6)
+        for name, pts in sorted(curves.items()):
+            pts.sort()
+            line, = ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{name} held-out")
+            ax_loss.plot([p[0] for p in pts], [p[2] for p in pts], "x:", color=line.get_color())
+        ax_loss.set(xscale="log", yscale="log", xlabel="iterations per block", title=f"{scheme}: summed block loss",
+                    ylabel="solid: held-out, dotted: train")
+        ax_loss.legend(fontsize=6)
+        ax_ppl.set(xscale="log", yscale="log", xlabel="wiki-eval PPL (in domain)", ylabel=f"{OOD} PPL (out of domain)",
+                   title=f"{scheme}: circle ≤ 20 it, square more; size ~ learned params")
+        if fp:
+            ax_ppl.axvline(fp["ppl_wiki_eval"], color="k", lw=0.5, ls="--")
+            ax_ppl.axhline(fp["ppl_c4_sample"], color="k", lw=0.5, ls="--")
+    fig.suptitle("smollm2-135m: LRQ vs FlexRound / AutoRound / GPTQ (mean over seeds)")
     fig.tight_layout()
     fig.savefig(results.with_suffix(".png"), dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:

@@ -157,3 +157,32 @@ def test_autoround_peer_folder_reloads_into_our_model(tmp_path):
         load_autoround(tiny_model("llama"), folder, bits=2)
     with pytest.raises(SystemExit, match="not found"):
         load_autoround(ours, tmp_path / "missing", bits=3)
+
+
+def _sweep_record(row, method, seed, holdout, wiki, c4, iters=20, params=100, scheme="w3a16"):
+    return {"row": row, "method": method, "scheme": scheme, "variant": f"{row}|{scheme}|iters={iters}|seed={seed}",
+            "seed": seed, "learned_params": params, "seconds": 10.0 + seed, "budget": f"{iters} iters/block x 30 blocks, x",
+            "holdout_loss_after_sum": holdout, "train_loss_after_sum": holdout and holdout / 2, "ppl_wiki_eval": wiki,
+            "ppl_c4_sample": c4, "command": "python bench/ptq/lrq_sweep.py", "options": {"lr": 3e-3}}
+
+
+def test_lrq_sweep_report_groups_seeds_and_selects_on_held_out_loss(tmp_path):
+    from lrq_sweep import grouped, selection_lines, write_report
+
+    records = [
+        {**_sweep_record("fp", "fp", 0, None, 20.0, 40.0, params=0), "scheme": "fp32", "budget": "no quantization"},
+        _sweep_record("flexround", "flexround", 0, 50.0, 30.0, 60.0, params=100),
+        _sweep_record("flexround", "flexround", 1, 70.0, 34.0, 64.0, params=100),
+        # LRQ: the variant with the higher held-out loss has the better perplexity; the rule must not look
+        _sweep_record("lrq-all", "lrq", 0, 40.0, 40.0, 80.0, params=40),
+        _sweep_record("lrq-authors", "lrq", 0, 90.0, 25.0, 50.0, params=90),
+    ]
+    groups = grouped(records)
+    assert [len(g) for g in groups] == [1, 2, 1, 1]  # fp first; the two flexround seeds are one group
+    lines = selection_lines(records)
+    assert len(lines) == 1 and "`lrq-all`" in lines[0] and "**not lower**" in lines[0] and "0.40x" in lines[0]
+    results = tmp_path / "ptq-lrq.json"
+    write_report(records, results)
+    md = results.with_suffix(".md").read_text()
+    assert "| flexround | w3a16 | 20 iters/block x 30 blocks | 0, 1 | 100 | 30 ± 7 | 60 ± 14 | 32.00 ± 2.83 |" in md
+    assert results.with_suffix(".png").stat().st_size > 0
