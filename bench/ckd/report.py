@@ -40,8 +40,7 @@ def markdown(rows: list[dict]) -> str:
              "row keeps its exact command, seed, device and budget). Accuracy in % (mean ± sample std over seeds; "
              "a single seed shows no ±). Latency: median forward of 32 × 32 tokens on the row's device.", ""]
     teacher = [r for r in rows if r.get("kind") == "teacher"]
-    if teacher:
-        t = teacher[-1]
+    for t in teacher:
         lines += [f"Teacher `{t['teacher']}`: validation {100 * t['val_acc']:.2f}, test {100 * t['test_acc']:.2f} "
                   f"({t['val_examples']} / {t['test_examples']} examples), {t['params'] / 1e6:.2f} M parameters, "
                   f"{t['latency_ms']} ms.", ""]
@@ -49,10 +48,11 @@ def markdown(rows: list[dict]) -> str:
     if dist:
         lines += ["## Students", "", "| student | loss | seeds | val acc | test acc | params (M) | latency (ms) | "
                   "test acc / teacher | budget |", "|---|---|---|---|---|---|---|---|---|"]
-        t_test = teacher[-1]["test_acc"] if teacher else None
+        by_limit = {t["budget"]: t["test_acc"] for t in teacher}  # "eval_limit=N": the rows' budget ends with it
         for (student, variant, budget), rs in sorted(dist.items(), key=lambda kv: (kv[0][0], kv[0][2],
                                                                                  VARIANT_ORDER.index(kv[0][1]) if kv[0][1] in VARIANT_ORDER else 99)):
             test = [r["test_acc"] for r in rs]
+            t_test = by_limit.get(budget.split()[-1])
             keep = f"{100 * statistics.fmean(test) / t_test:.1f}%" if t_test else "–"
             lines.append(f"| {student} | {VARIANT_LABEL.get(variant, variant)} | {len(rs)} | {_ms([r['val_acc'] for r in rs])} | "
                          f"{_ms(test)} | {rs[0]['params'] / 1e6:.2f} | {statistics.median(r['latency_ms'] for r in rs):.1f} | "
@@ -67,9 +67,72 @@ def markdown(rows: list[dict]) -> str:
                          f"{_ms([r['test_acc'] for r in rs])} | {rs[0]['params'] / 1e6:.2f} | "
                          f"{statistics.median(r['latency_ms'] for r in rs):.1f} |")
         lines.append("")
+    lines += targets(rows)
     devices = sorted({r.get("device", "") for r in rows})
     lines += ["Devices: " + "; ".join(devices) + ".", ""]
     return "\n".join(lines)
+
+
+def _mean_std(rs: list[dict]) -> tuple[float, float]:
+    accs = [100 * r["test_acc"] for r in rs]
+    return statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+
+
+def main_budget(rows: list[dict], kind: str) -> str | None:
+    """The budget of ``kind`` rows with the most rows (the grid the targets are read on)."""
+    counts = defaultdict(int)
+    for r in rows:
+        if r.get("kind") == kind:
+            counts[r["budget"]] += 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's three targets, each read off the rows (test accuracy; std over training seeds)."""
+    out = ["## Targets (read off the rows above: test accuracy, mean ± std over seeds)", ""]
+    budget = main_budget(rows, "distill")
+    if budget:
+        dist = _groups([r for r in rows if r.get("budget") == budget], "distill", ("student", "variant"))
+        for student in sorted({s for s, _ in dist}):
+            if (student, "ckd") not in dist:
+                continue
+            c_mean, c_std = _mean_std(dist[(student, "ckd")])
+            parts = []
+            for base in ("kd", "kd-hidden"):
+                if (student, base) in dist:
+                    b_mean, b_std = _mean_std(dist[(student, base)])
+                    spread = max(c_std, b_std)
+                    seeds = min(len(dist[(student, "ckd")]), len(dist[(student, base)]))
+                    verdict = "one seed: no spread to judge by" if seeds < 2 else \
+                        "beats it by more than the seed spread" if c_mean - b_mean > spread else \
+                        "above it, within the seed spread" if c_mean > b_mean else "does not beat it"
+                    parts.append(f"vs {VARIANT_LABEL[base]} {b_mean:.2f} ± {b_std:.2f}: {c_mean - b_mean:+.2f} "
+                                 f"(spread {spread:.2f}) — {verdict}")
+            n = len(dist[(student, "ckd")])
+            out.append(f"- **{student}**, CKD {c_mean:.2f} ± {c_std:.2f} ({n} seed{'s' if n > 1 else ''}) " + "; ".join(parts) + ".")
+        teacher = [r for r in rows if r.get("kind") == "teacher" and r["budget"].endswith(budget.split()[-1])]
+        if teacher:
+            t = 100 * teacher[-1]["test_acc"]
+            best = {}
+            for (student, variant), rs in dist.items():
+                m = _mean_std(rs)[0]
+                if m > best.get(student, ("", -1))[1]:
+                    best[student] = (variant, m)
+            out.append("- Students against the teacher (" + f"{t:.2f}" + "; target ≥ 97%): " + "; ".join(
+                f"{s} best {VARIANT_LABEL.get(v, v)} {m:.2f} = {100 * m / t:.1f}%" for s, (v, m) in sorted(best.items())) + ".")
+    dbudget = main_budget(rows, "dynabert")
+    if dbudget:
+        dyna = _groups([r for r in rows if r.get("budget") == dbudget], "dynabert", ("variant", "width", "depth"))
+        subs = sorted({(w, d) for _, w, d in dyna})
+        pairs = [(w, d) for w, d in subs if ("ckd", w, d) in dyna and ("dynabert", w, d) in dyna]
+        wins = [(w, d) for w, d in pairs if _mean_std(dyna[("ckd", w, d)])[0] > _mean_std(dyna[("dynabert", w, d)])[0]]
+        deltas = [_mean_std(dyna[("ckd", w, d)])[0] - _mean_std(dyna[("dynabert", w, d)])[0] for w, d in pairs]
+        if pairs:
+            seeds = min(len(rs) for rs in dyna.values())
+            out.append(f"- DynaBERT with CKD's relations beats DynaBERT's own loss at {len(wins)} of {len(pairs)} sub-networks "
+                       f"(mean difference {statistics.fmean(deltas):+.2f} points, range {min(deltas):+.2f} … {max(deltas):+.2f}; "
+                       f"{seeds} seed(s) each; target: most).")
+    return out + [""]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -78,8 +141,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dist = _groups(rows, "distill", ("student", "variant"))
-    dyna = _groups(rows, "dynabert", ("variant", "width", "depth"))
+    dist = _groups([r for r in rows if r.get("budget") == main_budget(rows, "distill")], "distill", ("student", "variant"))
+    dyna = _groups([r for r in rows if r.get("budget") == main_budget(rows, "dynabert")], "dynabert", ("variant", "width", "depth"))
     n = 1 + bool(dyna)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4), squeeze=False)
     ax = axes[0][0]
