@@ -26,6 +26,13 @@ def _ms(values: list[float]) -> str:
     return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def teacher_test_acc(rows: list[dict], budget: str) -> float | None:
+    """Test accuracy of the teacher row evaluated on the same sets as rows of ``budget`` (the
+    teacher's budget is ``eval_limit=N``, the last word of every student budget)."""
+    accs = [r["test_acc"] for r in rows if r.get("kind") == "teacher" and r["budget"] == budget.split()[-1]]
+    return accs[-1] if accs else None
+
+
 def _groups(rows, kind, keys):
     out = defaultdict(list)
     for r in rows:
@@ -48,11 +55,10 @@ def markdown(rows: list[dict]) -> str:
     if dist:
         lines += ["## Students", "", "| student | loss | seeds | val acc | test acc | params (M) | latency (ms) | "
                   "test acc / teacher | budget |", "|---|---|---|---|---|---|---|---|---|"]
-        by_limit = {t["budget"]: t["test_acc"] for t in teacher}  # "eval_limit=N": the rows' budget ends with it
         for (student, variant, budget), rs in sorted(dist.items(), key=lambda kv: (kv[0][0], kv[0][2],
                                                                                  VARIANT_ORDER.index(kv[0][1]) if kv[0][1] in VARIANT_ORDER else 99)):
             test = [r["test_acc"] for r in rs]
-            t_test = by_limit.get(budget.split()[-1])
+            t_test = teacher_test_acc(rows, budget)
             keep = f"{100 * statistics.fmean(test) / t_test:.1f}%" if t_test else "–"
             lines.append(f"| {student} | {VARIANT_LABEL.get(variant, variant)} | {len(rs)} | {_ms([r['val_acc'] for r in rs])} | "
                          f"{_ms(test)} | {rs[0]['params'] / 1e6:.2f} | {statistics.median(r['latency_ms'] for r in rs):.1f} | "
@@ -110,9 +116,9 @@ def targets(rows: list[dict]) -> list[str]:
                                  f"(spread {spread:.2f}) — {verdict}")
             n = len(dist[(student, "ckd")])
             out.append(f"- **{student}**, CKD {c_mean:.2f} ± {c_std:.2f} ({n} seed{'s' if n > 1 else ''}) " + "; ".join(parts) + ".")
-        teacher = [r for r in rows if r.get("kind") == "teacher" and r["budget"].endswith(budget.split()[-1])]
-        if teacher:
-            t = 100 * teacher[-1]["test_acc"]
+        t_test = teacher_test_acc(rows, budget)
+        if t_test:
+            t = 100 * t_test
             best = {}
             for (student, variant), rs in dist.items():
                 m = _mean_std(rs)[0]
@@ -125,11 +131,11 @@ def targets(rows: list[dict]) -> list[str]:
         dyna = _groups([r for r in rows if r.get("budget") == dbudget], "dynabert", ("variant", "width", "depth"))
         subs = sorted({(w, d) for _, w, d in dyna})
         pairs = [(w, d) for w, d in subs if ("ckd", w, d) in dyna and ("dynabert", w, d) in dyna]
-        wins = [(w, d) for w, d in pairs if _mean_std(dyna[("ckd", w, d)])[0] > _mean_std(dyna[("dynabert", w, d)])[0]]
         deltas = [_mean_std(dyna[("ckd", w, d)])[0] - _mean_std(dyna[("dynabert", w, d)])[0] for w, d in pairs]
         if pairs:
             seeds = min(len(rs) for rs in dyna.values())
-            out.append(f"- DynaBERT with CKD's relations beats DynaBERT's own loss at {len(wins)} of {len(pairs)} sub-networks "
+            wins = sum(delta > 0 for delta in deltas)
+            out.append(f"- DynaBERT with CKD's relations beats DynaBERT's own loss at {wins} of {len(pairs)} sub-networks "
                        f"(mean difference {statistics.fmean(deltas):+.2f} points, range {min(deltas):+.2f} … {max(deltas):+.2f}; "
                        f"{seeds} seed(s) each; target: most).")
     return out + [""]
