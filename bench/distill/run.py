@@ -3,6 +3,9 @@
 Rows (``--rows``, in this order by default):
 
 * ``teacher`` — the teacher itself, evaluated with the same protocol (no training);
+* ``teacher-sft`` (only with ``--teacher-sft-steps N``) — the teacher fine-tuned (SFT, all its blocks)
+  for N steps on the training tasks, as the PromptKD authors fine-tune theirs; every row after it
+  then uses this fine-tuned teacher (and the student is pruned from it);
 * ``sft-init`` — the depth-pruned student after the SFT warm-up (``--sft-steps``); every method
   below starts from it;
 * ``sft`` (SFT only: ``--steps`` more SFT steps), ``kd``, ``rkl``, ``seqkd``, ``gkd``, ``distillm``,
@@ -26,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +37,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 METHOD_ROWS = ("sft", "kd", "rkl", "seqkd", "gkd", "distillm", "promptkd")
-ROWS = ("teacher", "sft-init") + METHOD_ROWS
+ROWS = ("teacher", "teacher-sft", "sft-init") + METHOD_ROWS
 QUANT_ROWS = {"promptkd-w4": "promptkd", "kd-w4": "kd"}
 W4 = "w4a16-g32"
 log = logging.getLogger("bench.distill")
@@ -48,11 +53,16 @@ log = logging.getLogger("bench.distill")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default=",".join(ROWS), help="rows to run, in order (also promptkd-w4, kd-w4)")
+    p.add_argument("--rows", default=None, help="rows to run, in order (also promptkd-w4, kd-w4); default: all of "
+                   "ROWS (teacher-sft only with --teacher-sft-steps)")
     p.add_argument("--tag", default="cpu-tiny", help="budget label; rows are keyed by (tag, row)")
     p.add_argument("--name", default="distill", help="results file stem under bench/results")
     p.add_argument("--teacher", default="smollm2-135m")
     p.add_argument("--student-layers", type=int, default=20)
+    p.add_argument("--teacher-sft-steps", type=int, default=0,
+                   help="fine-tune the teacher on the training tasks first (row teacher-sft); 0: use it as it is")
+    p.add_argument("--teacher-layers", type=int, default=30, help="block count of --teacher (smollm2-135m: 30), "
+                   "kept whole by the teacher-sft row")
     p.add_argument("--data", default="olmo-gen:naturalqs_open,jeopardy,trivia_qa")
     p.add_argument("--unseen-tasks", default="trivia_qa")
     p.add_argument("--samples", type=int, default=64)
@@ -70,7 +80,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench-distill"))
     p.add_argument("--report", action="store_true", help="only rewrite the markdown and the plot")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.teacher_sft_steps < 0:
+        p.error("--teacher-sft-steps: expected a step count >= 0")
+    if a.rows is None:
+        a.rows = ",".join(r for r in ROWS if r != "teacher-sft" or a.teacher_sft_steps)
+    return a
 
 
 def _paths(name: str) -> tuple[Path, Path, Path]:
@@ -82,19 +97,30 @@ def load_rows(name: str) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_rows(name: str, rows: list[dict]) -> None:
+def add_row(name: str, rec: dict) -> None:
+    """Replace the (tag, row) record with ``rec`` and write the file atomically; an exclusive ``flock``
+    on the results folder serialises the read-modify-write, so two lanes can share one file."""
     path = _paths(name)[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, path)
+    lock = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows(name) if not (r["tag"] == rec["tag"] and r["row"] == rec["row"])] + [rec]
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(rows, indent=1) + "\n")
+        os.replace(tmp, path)
+        write_report(name)
+    finally:
+        os.close(lock)
 
 
 def _budget(a) -> dict:
     return {"teacher": a.teacher, "student_layers": a.student_layers, "data": a.data, "unseen_tasks": a.unseen_tasks,
             "samples": a.samples, "seq_len": a.seq_len, "max_new_tokens": a.max_new_tokens, "sft_steps": a.sft_steps,
             "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "sft_lr": a.sft_lr,
-            "eval_samples": a.eval_samples, "eval_seeds": a.eval_seeds, "ppl_tokens": a.ppl_tokens}
+            "eval_samples": a.eval_samples, "eval_seeds": a.eval_seeds, "ppl_tokens": a.ppl_tokens,
+            "teacher_sft_steps": a.teacher_sft_steps}
 
 
 def _common(a) -> list[str]:
@@ -104,9 +130,18 @@ def _common(a) -> list[str]:
             "--no-progress"] + (["--ppl-tokens", str(a.ppl_tokens)] if a.ppl_tokens else [])
 
 
+def distill_teacher(a) -> str:
+    """The teacher the students learn from: the fine-tuned one when ``--teacher-sft-steps`` is set."""
+    return str(Path(a.runs) / a.tag / "teacher-sft") if a.teacher_sft_steps else a.teacher
+
+
 def command(a, row: str) -> list[str]:
     runs = Path(a.runs) / a.tag
-    base = [sys.executable, "-m", "compactlm.cli", "distill", "--teacher", a.teacher]
+    if row == "teacher-sft":
+        return [sys.executable, "-m", "compactlm.cli", "distill", "--teacher", a.teacher,
+                "--student-layers", str(a.teacher_layers), "--loss", "sft", "--steps", str(a.teacher_sft_steps),
+                "--lr", str(a.sft_lr), "--out", str(runs / row)] + _common(a)
+    base = [sys.executable, "-m", "compactlm.cli", "distill", "--teacher", distill_teacher(a)]
     if row == "sft-init":
         return base + ["--student-layers", str(a.student_layers), "--loss", "sft", "--steps", str(a.sft_steps),
                        "--lr", str(a.sft_lr), "--out", str(runs / row)] + _common(a)
@@ -184,6 +219,12 @@ def run_row(a, row: str) -> dict:
     else:
         cmd = command(a, row)
         out = Path(cmd[cmd.index("--out") + 1])
+        runs = Path(a.runs) / a.tag
+        needs = [] if row == "teacher-sft" else (["teacher-sft"] if a.teacher_sft_steps else []) + \
+            ([] if row == "sft-init" else ["sft-init"])
+        missing = [n for n in needs if not (runs / n / "report.json").exists()]
+        if missing:
+            raise SystemExit(f"row {row} starts from {', '.join(missing)} ({runs}): run that row first")
         if not (out / "report.json").exists():
             log.info("%s: %s", row, " ".join(cmd))
             env = dict(os.environ, TQDM_DISABLE="1")
@@ -214,7 +255,10 @@ def write_report(name: str) -> None:
         rs = [r for r in rows if r["tag"] == tag]
         b = rs[0]["budget"]
         lines += [f"## {tag}", "",
-                  f"Device: {rs[0]['device']}. Teacher `{b['teacher']}`; student: {b['student_layers']} of its blocks "
+                  f"Device: {rs[0]['device']}. Teacher `{b['teacher']}`"
+                  + (f", fine-tuned {b['teacher_sft_steps']} SFT steps (LR {b['sft_lr']}) on the training tasks (row "
+                     "teacher-sft; the students learn from it)" if b.get("teacher_sft_steps") else "")
+                  + f"; student: {b['student_layers']} of its blocks "
                   f"after {b['sft_steps']} SFT steps (LR {b['sft_lr']}); each method {b['steps']} steps, batch "
                   f"{b['batch_size']}, LR {b['lr']}; data `{b['data']}` (unseen: {b['unseen_tasks']}), "
                   f"{b['samples']} training pairs, prompts ≤ {b['seq_len'] - b['max_new_tokens']} tokens, responses ≤ "
@@ -285,10 +329,10 @@ def main(argv=None) -> int:
         if any(r["tag"] == a.tag and r["row"] == row for r in rows):
             log.info("%s: done already (tag %s)", row, a.tag)
             continue
+        if row == "teacher-sft" and not a.teacher_sft_steps:
+            raise SystemExit("--rows teacher-sft: needs --teacher-sft-steps N (the fine-tuning steps)")
         rec = run_row(a, row)
-        rows = [r for r in load_rows(a.name) if not (r["tag"] == a.tag and r["row"] == row)] + [rec]
-        save_rows(a.name, rows)
-        write_report(a.name)
+        add_row(a.name, rec)
         log.info("%s: seen %s unseen %s (%.0f s)", row, rec["rougeL_seen"], rec["rougeL_unseen"], rec["seconds_wall"])
     return 0
 

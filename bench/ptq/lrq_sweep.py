@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seq-len", type=int, default=256)
-    p.add_argument("--calib-file", default=None, help="default: runs/peers/calib-wiki-<N>x<L>.safetensors")
+    p.add_argument("--calib-file", default=None, help="default: runs/peers/calib-wiki-<N>x<L>[-s<seed>].safetensors (seed 0 unsuffixed)")
     p.add_argument("--ppl-tokens", type=int, default=8192, help="tokens per perplexity corpus")
     p.add_argument("--zeroshot-limit", type=int, default=0,
                    help="examples per zero-shot task (arc_easy, arc_challenge, hellaswag, piqa, winogrande); the "
@@ -89,7 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--row", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.calib_file is None:
-        args.calib_file = f"runs/peers/calib-wiki-{args.calib_samples}x{args.calib_seq_len}.safetensors"
+        # a seed is the calibration draw as well as the training randomness: each seed its own file
+        suffix = f"-s{args.seed}" if args.seed else ""
+        args.calib_file = f"runs/peers/calib-wiki-{args.calib_samples}x{args.calib_seq_len}{suffix}.safetensors"
     return args
 
 
