@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zeroshot-limit", type=int, default=0,
                    help="examples per zero-shot task (arc_easy, arc_challenge, hellaswag, piqa, winogrande); the "
                    "issue asks >= 250 to rank methods (~15 core-minutes per row at 250); 0: none")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="measure train and held-out block loss every N iterations of every block (the row's "
+                   "curve_* fields and the curve plot; costs ~5 iterations a point); 0: only before / after")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: gpu_lrq.sh)")
     p.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast of the reconstruction steps")
@@ -103,10 +106,55 @@ def row_variant(name: str, args) -> str:
 
 
 def autoround_dir(args) -> Path:
-    """The folder ``peers_autoround.py`` writes for this scheme / budget / seed."""
+    """The folder ``peers_autoround.py`` writes for this scheme / budget / seed. A dynamic per-token
+    activation scheme (W4A8) reads the weight-only cell of the same weight bits: our engine also
+    reconstructs those weights weight-only and quantizes activations at evaluation (the LRQ paper's
+    W4A8 protocol), so both sides see the same thing."""
     from peers_autoround import cell_name
 
-    return PEERS / cell_name(args.scheme, args.iters, args.seed)
+    from compactlm.quant.scheme import QuantScheme
+
+    scheme = QuantScheme.parse(args.scheme)
+    if scheme.a_bits is not None and scheme.a_static:
+        raise SystemExit(f"--rows autoround: {args.scheme} has static activation ranges, which AutoRound's "
+                         "weight-only tuning does not calibrate; use a weight-only or per-token scheme")
+    weights = args.scheme if scheme.a_bits is None else f"w{scheme.w_bits}a16"
+    return PEERS / cell_name(weights, args.iters, args.seed)
+
+
+def quantize_inputs(model, scheme_name: str) -> int:
+    """Fake-quantize the input of every block linear of ``model`` as ``scheme_name``'s activations
+    (forward pre-hooks; nothing when the scheme keeps activations in float). Returns the hook count."""
+    import torch
+
+    from compactlm.models.specs import get_blocks
+    from compactlm.quant.activation import act_quantizer_for
+    from compactlm.quant.scheme import QuantScheme
+
+    scheme = QuantScheme.parse(scheme_name)
+    if scheme.a_bits is None:
+        return 0
+    n = 0
+    for block in get_blocks(model):
+        for mod in block.modules():
+            if isinstance(mod, torch.nn.Linear):
+                quantizer = act_quantizer_for(scheme)
+                mod.register_forward_pre_hook(lambda _m, args, q=quantizer: (q(args[0]), *args[1:]))
+                n += 1
+    return n
+
+
+def curve_fields(blocks: list[dict]) -> dict:
+    """The blocks' loss curves (``--eval-every``) summed over blocks at each measured iteration:
+    ``curve_iters``, ``curve_train_sum``, ``curve_holdout_sum`` (nothing when no block has a curve, or
+    when a resumed block's curve is missing: a sum over part of the blocks would mislead)."""
+    curves = [b.get("curve") for b in blocks]
+    if not curves or any(not c for c in curves) or len({tuple(p[0] for p in c) for c in curves}) != 1:
+        return {}
+    iters = [p[0] for p in curves[0]]
+    return {"curve_iters": iters,
+            "curve_train_sum": [round(sum(c[k][1] for c in curves), 4) for k in range(len(iters))],
+            "curve_holdout_sum": [round(sum(c[k][2] for c in curves), 4) for k in range(len(iters))]}
 
 
 def load_autoround(model, folder: Path, bits: int) -> dict:
@@ -154,6 +202,7 @@ def run_row(name: str, args, command: str) -> None:
         from compactlm.quant.scheme import QuantScheme
 
         fields = load_autoround(model, autoround_dir(args), QuantScheme.parse(args.scheme).w_bits)
+        fields["act_quant_linears"] = quantize_inputs(model, args.scheme)
     elif method == "gptq":
         from types import SimpleNamespace
 
@@ -173,7 +222,7 @@ def run_row(name: str, args, command: str) -> None:
     elif method != "fp":
         calib = load_calib(args)
         options = {"iters": args.iters, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "amp": args.amp,
-                   "holdout": 0.125, "work_dir": str(Path(args.work) / "work" / row_variant(name, args).replace("|", "_")), **extra}
+                   "holdout": 0.125, "eval_every": args.eval_every, "work_dir": str(Path(args.work) / "work" / row_variant(name, args).replace("|", "_")), **extra}
         report = quantize(model, method, args.scheme, calib=calib, **options)
         blocks = report["blocks"]
         fields = {
@@ -188,6 +237,7 @@ def run_row(name: str, args, command: str) -> None:
             "train_loss_after": [b["train_loss_after"] for b in blocks],
             "options": {k: v for k, v in report["options"].items() if k not in ("work_dir", "spill_mb")},
         }
+        fields.update(curve_fields(blocks))
         if "rank_rule" in report:
             fields["linears"] = {k: {"form": v["form"], "rank": v["rank"], "learned_params": v["learned_params"]}
                                  for k, v in report["rank_rule"]["linears"].items()}
@@ -275,6 +325,18 @@ def mean_of(group: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def noise_note(a: list[dict], b: list[dict], key: str = "ppl_c4_sample") -> str:
+    """`` (within noise: ...)`` when the means of ``key`` over two seed groups differ by less than the
+    larger sample std (both with ≥ 2 seeds), or by under 5% when either has one seed (issue 14's
+    threshold); else ``""``."""
+    ma, mb = mean_of(a, key), mean_of(b, key)
+    diff = abs(ma - mb)
+    if len(a) > 1 and len(b) > 1:
+        spread = max(statistics.stdev([r[key] for r in g]) for g in (a, b))
+        return f" (within noise: Δ {diff:.2f} < std {spread:.2f})" if diff < spread else ""
+    return f" (within noise: Δ {100 * diff / mb:.1f}% < 5% at one seed)" if diff < 0.05 * mb else ""
+
+
 def selection_lines(records: list[dict]) -> list[str]:
     """Per (scheme, iterations): the LRQ variant with the lowest held-out block loss (never the
     evaluation data), and the issue's targets read against FlexRound (best of its starts, by the same
@@ -306,17 +368,39 @@ def selection_lines(records: list[dict]) -> list[str]:
         if flex:
             checks.append(f"FlexRound (`{label(flex[0])}`, {n(flex)}) {OOD} {ppl(flex, 'c4_sample'):.2f}: LRQ "
                           + ("lower" if ppl(lrq, "c4_sample") < ppl(flex, "c4_sample") else "**not lower**")
-                          + f"; params {lrq[0]['learned_params'] / max(flex[0]['learned_params'], 1):.2f}x (target ≤ 0.5x)")
+                          + noise_note(lrq, flex) + f"; params {lrq[0]['learned_params'] / max(flex[0]['learned_params'], 1):.2f}x (target ≤ 0.5x)")
         if peers["autoround"]:
             g = peers["autoround"]
             checks.append(f"AutoRound {OOD} {ppl(g, 'c4_sample'):.2f}: LRQ "
-                          + ("lower" if ppl(lrq, "c4_sample") < ppl(g, "c4_sample") else "**not lower**"))
+                          + ("lower" if ppl(lrq, "c4_sample") < ppl(g, "c4_sample") else "**not lower**") + noise_note(lrq, g))
         if peers["gptq"]:
             g = peers["gptq"]
             both = ppl(lrq, "wiki_eval") < ppl(g, "wiki_eval") and ppl(lrq, "c4_sample") < ppl(g, "c4_sample")
             checks.append(f"GPTQ {ppl(g, 'wiki_eval'):.2f} / {ppl(g, 'c4_sample'):.2f}: LRQ "
                           + ("better in both domains" if both else "**not better in both domains**"))
         out.append(text + (" Against " + "; ".join(checks) + "." if checks else ""))
+    return out
+
+
+def crossing_lines(records: list[dict]) -> list[str]:
+    """Per (scheme, iterations) with curves (``--eval-every``): for each pair of one FlexRound and one LRQ
+    row of the same seed, the first measured iteration at which LRQ's summed held-out block loss is
+    below FlexRound's (or that it never is), and the train / held-out gap at the end."""
+    out = []
+    with_curves = [r for r in records if r.get("curve_iters")]
+    for flex in (r for r in with_curves if r["method"] == "flexround"):
+        for lrq in (r for r in with_curves if r["method"] == "lrq"):
+            if (lrq["scheme"], _iters(lrq), lrq["seed"]) != (flex["scheme"], _iters(flex), flex["seed"]) \
+                    or lrq["curve_iters"] != flex["curve_iters"]:
+                continue
+            below = [it for it, a, b in zip(flex["curve_iters"], lrq["curve_holdout_sum"], flex["curve_holdout_sum"]) if a < b]
+            first = (f"below FlexRound's from iteration {below[0]}" if below and below == flex["curve_iters"][-len(below):]
+                     else f"below FlexRound's at iterations {', '.join(map(str, below))}" if below else "never below FlexRound's")
+            gap = "; ".join(f"{label(r)} held-out / train {r['curve_holdout_sum'][-1] / r['curve_train_sum'][-1]:.1f}x"
+                            for r in (flex, lrq))
+            out.append(f"- **{flex['scheme']}, {_iters(flex)} it/block, seed {flex['seed']}**: `{label(lrq)}`'s summed "
+                       f"held-out block loss is {first} (measured every {flex['curve_iters'][1] - flex['curve_iters'][0]} "
+                       f"iterations of each block's cosine schedule); at the end {gap}.")
     return out
 
 
@@ -331,6 +415,11 @@ def write_report(records: list[dict], results: Path) -> None:
         "one line, mean ± sample std over the seeds (the seeds column); one seed: differences under ~5% "
         "between learned rows are not evidence (issue 14).",
         "",
+        *(["W4A8 (8-bit per-token dynamic activations) follows the LRQ paper: the weights are reconstructed "
+           "weight-only and the activations are quantized at evaluation, so a W4A8 row's block losses are its "
+           "W4A16 twin's (same seed) and only the perplexities differ; AutoRound's W4A8 row is its W4A16 "
+           "weights with the same per-token 8-bit inputs; GPTQ's is llm-compressor's W4A8 preset.", ""]
+          if any(r["scheme"] == "w4a8" for r in records) else []),
         "| row | scheme | budget | seeds | learned params | train loss | held-out loss | wiki-eval PPL | c4-sample PPL | "
         "x FP (wiki / c4) | zero-shot avg (n/task) | seconds | it/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -353,6 +442,12 @@ def write_report(records: list[dict], results: Path) -> None:
                   "LRQ's variant (rank rule, start, LR) and FlexRound's start are each chosen on the summed held-out "
                   "block loss, never on perplexity; the targets (issue 14) are then read on the out-of-domain corpus.",
                   "", *selection]
+    crossings = crossing_lines(records)
+    if crossings:
+        lines += ["", "## Held-out block-loss curves", "",
+                  "Rows run with `--eval-every N`: train and held-out block loss of every block measured every N "
+                  "iterations, summed over the 30 blocks (plot: right-hand panels). Within one run a point is the "
+                  "loss part-way through the cosine schedule, not the end of a shorter run.", "", *crossings]
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
@@ -379,9 +474,20 @@ def write_report(records: list[dict], results: Path) -> None:
     schemes = sorted({g[0]["scheme"] for g in learned})
     if not schemes:
         return
-    fig, axes = plt.subplots(len(schemes), 2, figsize=(12, 4.2 * len(schemes)), squeeze=False)
+    fig, axes = plt.subplots(len(schemes), 3, figsize=(17, 4.2 * len(schemes)), squeeze=False)
     for row_axes, scheme in zip(axes, schemes):
-        ax_loss, ax_ppl = row_axes
+        ax_loss, ax_ppl, ax_curve = row_axes
+        for r in records:
+            if r["scheme"] == scheme and r.get("curve_iters"):
+                line, = ax_curve.plot(r["curve_iters"], r["curve_holdout_sum"], "o-",
+                                      label=f"{label(r)} {_iters(r)}it s{r['seed']} held-out")
+                ax_curve.plot(r["curve_iters"], r["curve_train_sum"], "x:", color=line.get_color())
+        if ax_curve.lines:
+            ax_curve.set(yscale="log", xlabel="iteration within the run", ylabel="summed block loss (solid: held-out, dotted: train)",
+                         title=f"{scheme}: block loss during training (--eval-every)")
+            ax_curve.legend(fontsize=6)
+        else:
+            ax_curve.axis("off")
         curves: dict[str, list] = {}
         for g in learned:
             r = g[0]
@@ -428,10 +534,14 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"--rows: unknown {', '.join(unknown)}; known: {', '.join(ROWS)}")
     for name in names:
-        done = {r["variant"] for r in read_records(results)}
-        if row_variant(name, args) in done:
+        done = {r["variant"]: r for r in read_records(results)}
+        previous = done.get(row_variant(name, args))
+        if previous and (previous.get("zeroshot_limit") or 0) >= args.zeroshot_limit:
             log.info("skip %s (done)", name)
             continue
+        if previous:
+            log.info("rerun %s: its record has no zero-shot at --zeroshot-limit %d (the new record replaces it)",
+                     name, args.zeroshot_limit)
         t0 = time.perf_counter()
         child = [sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:]), "--row", name]
         rc = subprocess.run(child, cwd=ROOT, env={**os.environ, "LRQ_SWEEP_COMMAND": command}).returncode

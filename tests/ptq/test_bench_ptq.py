@@ -159,6 +159,44 @@ def test_autoround_peer_folder_reloads_into_our_model(tmp_path):
         load_autoround(ours, tmp_path / "missing", bits=3)
 
 
+def test_autoround_w4a8_reads_the_weight_only_cell_and_quantizes_every_block_input():
+    import types
+
+    import torch
+
+    from compactlm.models.tiny import tiny_model
+    from lrq_sweep import autoround_dir, quantize_inputs
+
+    args = types.SimpleNamespace(scheme="w4a8", iters=20, seed=1)
+    assert autoround_dir(args).name == "autoround-w4a16-it20-s1"
+    args.scheme = "w3a16"
+    assert autoround_dir(args).name == "autoround-w3a16-it20-s1"
+    args.scheme = "w8a8"  # static per-tensor ranges: AutoRound's weight-only tuning never calibrated them
+    with pytest.raises(SystemExit, match="static activation ranges"):
+        autoround_dir(args)
+
+    model = tiny_model("llama").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits
+    assert quantize_inputs(model, "w4a16") == 0  # weight-only: nothing to quantize
+    linears = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert quantize_inputs(model, "w4a8") == len(linears)
+    seen = []
+    for m in linears:  # registered after the quantizing hooks, so they see the quantized inputs
+        m.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        out = model(ids).logits
+    assert len(seen) == len(linears)
+    for x in seen:  # every token's input on its own asymmetric 8-bit grid: min + k * (max - min) / 255
+        rows = x.reshape(-1, x.shape[-1])
+        lo, hi = rows.min(-1, keepdim=True).values, rows.max(-1, keepdim=True).values
+        k = (rows - lo) / ((hi - lo) / 255)
+        assert torch.allclose(k, k.round(), atol=2e-2), "inputs are not on a per-token 8-bit grid"
+    assert not torch.equal(out, ref)
+    assert torch.allclose(out, ref, atol=0.05 * ref.abs().max().item())  # 8-bit inputs: close, not equal
+
+
 def _sweep_record(row, method, seed, holdout, wiki, c4, iters=20, params=100, scheme="w3a16"):
     return {"row": row, "method": method, "scheme": scheme, "variant": f"{row}|{scheme}|iters={iters}|seed={seed}",
             "seed": seed, "learned_params": params, "seconds": 10.0 + seed, "budget": f"{iters} iters/block x 30 blocks, x",
@@ -186,3 +224,42 @@ def test_lrq_sweep_report_groups_seeds_and_selects_on_held_out_loss(tmp_path):
     md = results.with_suffix(".md").read_text()
     assert "| flexround | w3a16 | 20 iters/block x 30 blocks | 0, 1 | 100 | 30 ± 7 | 60 ± 14 | 32.00 ± 2.83 |" in md
     assert results.with_suffix(".png").stat().st_size > 0
+
+
+def test_lrq_sweep_sums_block_curves_and_finds_where_lrq_crosses_below_flexround(tmp_path):
+    from lrq_sweep import crossing_lines, curve_fields, write_report
+
+    blocks = [{"curve": [[0, 4.0, 8.0], [10, 2.0, 6.0], [20, 1.0, 5.0]]},
+              {"curve": [[0, 1.0, 2.0], [10, 0.5, 1.5], [20, 0.25, 1.0]]}]
+    assert curve_fields(blocks) == {"curve_iters": [0, 10, 20], "curve_train_sum": [5.0, 2.5, 1.25],
+                                    "curve_holdout_sum": [10.0, 7.5, 6.0]}
+    assert curve_fields([blocks[0], {}]) == {}  # a resumed block without its curve: no partial sum
+    flex = {**_sweep_record("flexround", "flexround", 0, 6.0, 30.0, 60.0, iters=20), **curve_fields(blocks)}
+    # LRQ starts above FlexRound's held-out loss and ends below it
+    lrq = {**_sweep_record("lrq-all", "lrq", 0, 5.0, 31.0, 61.0, iters=20, params=40),
+           "curve_iters": [0, 10, 20], "curve_train_sum": [6.0, 4.0, 2.5], "curve_holdout_sum": [12.0, 7.0, 5.0]}
+    other_seed = {**lrq, "seed": 1, "variant": "lrq-all|w3a16|iters=20|seed=1"}
+    lines = crossing_lines([flex, lrq, other_seed])
+    assert len(lines) == 1 and "below FlexRound's from iteration 10" in lines[0] and "4.8x" in lines[0] and "2.0x" in lines[0]
+    never = {**lrq, "curve_holdout_sum": [12.0, 8.0, 7.0]}
+    assert "never below" in crossing_lines([flex, never])[0]
+    results = tmp_path / "ptq-lrq.json"
+    write_report([flex, lrq], results)
+    assert "## Held-out block-loss curves" in results.with_suffix(".md").read_text()
+
+
+def test_lrq_sweep_reruns_a_done_row_only_when_asked_for_a_larger_zero_shot(tmp_path, monkeypatch):
+    import lrq_sweep
+
+    results = tmp_path / "ptq-lrq.json"
+    fp = {**_sweep_record("fp", "fp", 0, None, 20.0, 40.0, params=0), "scheme": "fp32", "budget": "no quantization"}
+    append_record(fp, results)
+    calls = []
+    monkeypatch.setattr(lrq_sweep.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or type("P", (), {"returncode": 0}))
+    lrq_sweep.main(["--rows", "fp", "--results", str(results)])
+    assert calls == []  # done, and no zero-shot asked
+    lrq_sweep.main(["--rows", "fp", "--results", str(results), "--zeroshot-limit", "250"])
+    assert len(calls) == 1 and calls[0][-2:] == ["--row", "fp"]
+    append_record({**fp, "zeroshot_avg": 0.5, "zeroshot_limit": 250}, results)
+    lrq_sweep.main(["--rows", "fp", "--results", str(results), "--zeroshot-limit", "100"])
+    assert len(calls) == 1  # a record at 250 examples per task covers a request for 100
