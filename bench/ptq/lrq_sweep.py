@@ -447,7 +447,9 @@ def write_report(records: list[dict], results: Path) -> None:
         lines += ["", "## Held-out block-loss curves", "",
                   "Rows run with `--eval-every N`: train and held-out block loss of every block measured every N "
                   "iterations, summed over the 30 blocks (plot: right-hand panels). Within one run a point is the "
-                  "loss part-way through the cosine schedule, not the end of a shorter run.", "", *crossings]
+                  "loss part-way through the cosine schedule, not the end of a shorter run, and iteration 0 of "
+                  "block k already sees blocks 1..k-1 trained (its input is the quantized path's), so the sums "
+                  "at iteration 0 differ between methods too.", "", *crossings]
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
