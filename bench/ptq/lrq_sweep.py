@@ -157,6 +157,15 @@ def curve_fields(blocks: list[dict]) -> dict:
             "curve_holdout_sum": [round(sum(c[k][2] for c in curves), 4) for k in range(len(iters))]}
 
 
+def reconstruction_seconds(report: dict) -> float:
+    """The row's reconstruction time: the wall time of this run, or, when blocks were replayed from an
+    earlier (interrupted or re-evaluated) run's work directory, the sum of every block's own seconds —
+    the replay itself takes seconds and would otherwise stand for the method's time."""
+    if report.get("resumed_blocks"):
+        return round(sum(b["seconds"] for b in report["blocks"]), 2)
+    return report["seconds"]
+
+
 def load_autoround(model, folder: Path, bits: int) -> dict:
     """Load AutoRound's fake-quantized weights from ``folder`` into ``model`` (every tensor must match;
     a tied ``lm_head`` may be absent), check every block linear holds at most ``2^bits`` values per
@@ -226,7 +235,7 @@ def run_row(name: str, args, command: str) -> None:
         report = quantize(model, method, args.scheme, calib=calib, **options)
         blocks = report["blocks"]
         fields = {
-            "seconds": report["seconds"], "learned_params": report["learned_params"],
+            "seconds": reconstruction_seconds(report), "learned_params": report["learned_params"],
             "it_per_s": report.get("it_per_s"), "resumed_blocks": report.get("resumed_blocks", 0),
             "holdout_samples": report["holdout"]["count"],
             "train_loss_before_sum": round(sum(b["train_loss_before"] for b in blocks), 4),

@@ -263,3 +263,11 @@ def test_lrq_sweep_reruns_a_done_row_only_when_asked_for_a_larger_zero_shot(tmp_
     append_record({**fp, "zeroshot_avg": 0.5, "zeroshot_limit": 250}, results)
     lrq_sweep.main(["--rows", "fp", "--results", str(results), "--zeroshot-limit", "100"])
     assert len(calls) == 1  # a record at 250 examples per task covers a request for 100
+
+
+def test_lrq_sweep_time_of_a_replayed_row_is_its_blocks_time_not_the_replay():
+    from lrq_sweep import reconstruction_seconds
+
+    blocks = [{"seconds": 100.0}, {"seconds": 150.5}]
+    assert reconstruction_seconds({"seconds": 3.2, "resumed_blocks": 2, "blocks": blocks}) == 250.5
+    assert reconstruction_seconds({"seconds": 260.0, "resumed_blocks": 0, "blocks": blocks}) == 260.0
