@@ -413,6 +413,41 @@ def crossing_lines(records: list[dict]) -> list[str]:
     return out
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation of two equal-length lists (ties broken by order; they do not occur in
+    measured losses and perplexities)."""
+    def ranks(v):
+        r = [0] * len(v)
+        for k, i in enumerate(sorted(range(len(v)), key=v.__getitem__)):
+            r[i] = k
+        return r
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ranks(a), ranks(b))) / (n * (n * n - 1))
+
+
+PROXIES = {"summed held-out": lambda r: sum(r["holdout_loss_after"]),
+           "last block held-out": lambda r: r["holdout_loss_after"][-1],
+           "last block train": lambda r: r["train_loss_after"][-1]}
+
+
+def proxy_lines(records: list[dict], min_rows: int = 4) -> list[str]:
+    """Per scheme (learned rows with per-block losses, every seed and budget): how well each block-loss
+    statistic ranks the rows as their perplexity does (Spearman ρ) — which statistic is a usable
+    selection rule. The selection itself stays on the summed held-out loss (the issue's rule)."""
+    out = []
+    for scheme in sorted({r["scheme"] for r in records}):
+        rows = [r for r in records if r["scheme"] == scheme and r.get("holdout_loss_after") and r.get("train_loss_after")]
+        if len(rows) < min_rows:
+            continue
+        cells = [f"{spearman([f(r) for r in rows], [r[f'ppl_{c}'] for r in rows]):.2f}"
+                 for f in PROXIES.values() for c in ("wiki_eval", "c4_sample")]
+        out.append(f"| {scheme} | {len(rows)} | " + " | ".join(cells) + " |")
+    if not out:
+        return []
+    head = " | ".join(f"{name} vs {c}" for name in PROXIES for c in ("wiki-eval", "c4-sample"))
+    return [f"| scheme | rows | {head} |", "|---|---:|" + "---:|" * 2 * len(PROXIES), *out]
+
+
 def write_report(records: list[dict], results: Path) -> None:
     fp = next((r for r in records if r["method"] == "fp"), None)
     lines = [
@@ -459,6 +494,13 @@ def write_report(records: list[dict], results: Path) -> None:
                   "loss part-way through the cosine schedule, not the end of a shorter run, and iteration 0 of "
                   "block k already sees blocks 1..k-1 trained (its input is the quantized path's), so the sums "
                   "at iteration 0 differ between methods too.", "", *crossings]
+    proxies = proxy_lines(records)
+    if proxies:
+        lines += ["", "## Which block loss predicts perplexity", "",
+                  "Spearman rank correlation, over every learned row of a scheme (all methods, budgets, seeds), "
+                  "between a block-loss statistic and perplexity (1 = the same order). The summed loss is "
+                  "dominated by the late blocks' large absolute losses; the last block's loss is the error that "
+                  "reaches the LM head.", "", *proxies]
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",

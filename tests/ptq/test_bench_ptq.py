@@ -271,3 +271,18 @@ def test_lrq_sweep_time_of_a_replayed_row_is_its_blocks_time_not_the_replay():
     blocks = [{"seconds": 100.0}, {"seconds": 150.5}]
     assert reconstruction_seconds({"seconds": 3.2, "resumed_blocks": 2, "blocks": blocks}) == 250.5
     assert reconstruction_seconds({"seconds": 260.0, "resumed_blocks": 0, "blocks": blocks}) == 260.0
+
+
+def test_lrq_sweep_proxy_table_ranks_block_losses_against_perplexity(tmp_path):
+    from lrq_sweep import proxy_lines, spearman, write_report
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # the last block orders the rows as perplexity does; the sum (driven by block 0 here) the reverse way
+    rows = [{**_sweep_record(f"r{k}", "lrq", 0, 1.0, 20.0 + k, 40.0 + k), "holdout_loss_after": [100.0 - 2 * k, 1.0 + k],
+             "train_loss_after": [50.0, 0.5 + k]} for k in range(4)]
+    lines = proxy_lines(rows)
+    assert lines[2] == "| w3a16 | 4 | -1.00 | -1.00 | 1.00 | 1.00 | 1.00 | 1.00 |"
+    assert proxy_lines(rows[:3]) == []  # too few rows to rank
+    results = tmp_path / "ptq-lrq.json"
+    write_report(rows, results)
+    assert "## Which block loss predicts perplexity" in results.with_suffix(".md").read_text()
