@@ -236,6 +236,7 @@ def run_row(name: str, args, command: str) -> None:
         blocks = report["blocks"]
         fields = {
             "seconds": reconstruction_seconds(report), "learned_params": report["learned_params"],
+            **({"seconds_source": "blocks"} if report.get("resumed_blocks") else {}),
             "it_per_s": report.get("it_per_s"), "resumed_blocks": report.get("resumed_blocks", 0),
             "holdout_samples": report["holdout"]["count"],
             "train_loss_before_sum": round(sum(b["train_loss_before"] for b in blocks), 4),
@@ -296,8 +297,13 @@ def zs(r: dict) -> str:
 
 
 def resumed(r: dict) -> str:
-    """Marker for a row whose seconds / it/s cover only the blocks after a resume."""
-    return f" (resumed after {r['resumed_blocks']} blocks: time of the rest only)" if r.get("resumed_blocks") else ""
+    """Marker for a row that replayed finished blocks: its seconds are then the blocks' recorded times
+    (``seconds_source == "blocks"``), or, in records written before that, the time of the rest only."""
+    if not r.get("resumed_blocks"):
+        return ""
+    if r.get("seconds_source") == "blocks":
+        return f" (replayed {r['resumed_blocks']} finished blocks: their recorded times)"
+    return f" (resumed after {r['resumed_blocks']} blocks: time of the rest only)"
 
 
 def _group_key(r: dict) -> str:
@@ -448,6 +454,23 @@ def proxy_lines(records: list[dict], min_rows: int = 4) -> list[str]:
     return [f"| scheme | rows | {head} |", "|---|---:|" + "---:|" * 2 * len(PROXIES), *out]
 
 
+def rerun_lines(records: list[dict], reruns_file: Path) -> list[str]:
+    """Table rows comparing each superseded record in ``reruns_file`` with the current record of its variant."""
+    if not reruns_file.exists():
+        return []
+    now = {r["variant"]: r for r in records}
+    out = []
+    for old in json.loads(reruns_file.read_text()):
+        new = now.get(old["variant"])
+        if new is None:
+            continue
+        delta = 100 * (new["ppl_c4_sample"] / old["ppl_c4_sample"] - 1)
+        held = " / ".join(f"{r['holdout_loss_after_sum']:,.0f}" if r.get("holdout_loss_after_sum") else "–" for r in (old, new))
+        out.append(f"| {label(old)} | {old['scheme']} | {old['budget'].split(',')[0]} | {old['ppl_wiki_eval']:.2f} / "
+                   f"{old['ppl_c4_sample']:.2f} | {new['ppl_wiki_eval']:.2f} / {new['ppl_c4_sample']:.2f} | {delta:+.1f}% | {held} |")
+    return out
+
+
 def write_report(records: list[dict], results: Path) -> None:
     fp = next((r for r in records if r["method"] == "fp"), None)
     lines = [
@@ -494,6 +517,15 @@ def write_report(records: list[dict], results: Path) -> None:
                   "loss part-way through the cosine schedule, not the end of a shorter run, and iteration 0 of "
                   "block k already sees blocks 1..k-1 trained (its input is the quantized path's), so the sums "
                   "at iteration 0 differ between methods too.", "", *crossings]
+    reruns = rerun_lines(records, results.with_name(results.stem + "-reruns.json"))
+    if reruns:
+        lines += ["", "## The same command run twice", "",
+                  "Earlier records of a row that a rerun (e.g. for `--eval-every` or a larger zero-shot) replaced, "
+                  f"kept in `{results.stem}-reruns.json`: how far one seed moves between runs of one command "
+                  "(the runs were on different days, on two machines of the same kind; a rerun that adds `--eval-every` "
+                  "computes the same result, as a test checks).", "",
+                  "| row | scheme | budget | earlier wiki-eval / c4-sample | now | Δ c4-sample | earlier / now held-out |",
+                  "|---|---|---|---|---|---:|---|", *reruns]
     proxies = proxy_lines(records)
     if proxies:
         lines += ["", "## Which block loss predicts perplexity", "",

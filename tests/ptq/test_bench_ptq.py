@@ -286,3 +286,15 @@ def test_lrq_sweep_proxy_table_ranks_block_losses_against_perplexity(tmp_path):
     results = tmp_path / "ptq-lrq.json"
     write_report(rows, results)
     assert "## Which block loss predicts perplexity" in results.with_suffix(".md").read_text()
+
+
+def test_lrq_sweep_report_sets_a_superseded_record_beside_its_rerun(tmp_path):
+    from lrq_sweep import write_report
+
+    old = _sweep_record("flexround", "flexround", 0, 500.0, 42.0, 100.0, iters=200)
+    new = {**old, "ppl_wiki_eval": 43.0, "ppl_c4_sample": 110.0, "holdout_loss_after_sum": 400.0}
+    results = tmp_path / "ptq-lrq.json"
+    (tmp_path / "ptq-lrq-reruns.json").write_text(json.dumps([old]))
+    write_report([new], results)
+    md = results.with_suffix(".md").read_text()
+    assert "| flexround | w3a16 | 200 iters/block x 30 blocks | 42.00 / 100.00 | 43.00 / 110.00 | +10.0% | 500 / 400 |" in md
