@@ -422,13 +422,11 @@ def crossing_lines(records: list[dict]) -> list[str]:
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation of two equal-length lists (ties broken by order; they do not occur in
     measured losses and perplexities)."""
-    def ranks(v):
-        r = [0] * len(v)
-        for k, i in enumerate(sorted(range(len(v)), key=v.__getitem__)):
-            r[i] = k
-        return r
+    import numpy as np
+
+    d = np.argsort(np.argsort(a)) - np.argsort(np.argsort(b))
     n = len(a)
-    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ranks(a), ranks(b))) / (n * (n * n - 1))
+    return float(1 - 6 * int((d * d).sum()) / (n * (n * n - 1)))
 
 
 PROXIES = {"summed held-out": lambda r: sum(r["holdout_loss_after"]),
@@ -459,7 +457,8 @@ def rerun_lines(records: list[dict], reruns_file: Path) -> list[str]:
     if not reruns_file.exists():
         return []
     now = {r["variant"]: r for r in records}
-    out = []
+    out = ["| row | scheme | budget | earlier wiki-eval / c4-sample | now | Δ c4-sample | earlier / now held-out | dates |",
+           "|---|---|---|---|---|---:|---|---|"]
     for old in json.loads(reruns_file.read_text()):
         new = now.get(old["variant"])
         if new is None:
@@ -467,8 +466,14 @@ def rerun_lines(records: list[dict], reruns_file: Path) -> list[str]:
         delta = 100 * (new["ppl_c4_sample"] / old["ppl_c4_sample"] - 1)
         held = " / ".join(f"{r['holdout_loss_after_sum']:,.0f}" if r.get("holdout_loss_after_sum") else "–" for r in (old, new))
         out.append(f"| {label(old)} | {old['scheme']} | {old['budget'].split(',')[0]} | {old['ppl_wiki_eval']:.2f} / "
-                   f"{old['ppl_c4_sample']:.2f} | {new['ppl_wiki_eval']:.2f} / {new['ppl_c4_sample']:.2f} | {delta:+.1f}% | {held} |")
-    return out
+                   f"{old['ppl_c4_sample']:.2f} | {new['ppl_wiki_eval']:.2f} / {new['ppl_c4_sample']:.2f} | {delta:+.1f}% | {held} | "
+                   f"{old.get('date', '?')[:10]} / {new.get('date', '?')[:10]} |")
+    return out if len(out) > 2 else []
+
+
+def section(title: str, intro: str, body: list[str]) -> list[str]:
+    """A report section (heading, one intro paragraph, its lines), or nothing when ``body`` is empty."""
+    return ["", f"## {title}", "", intro, "", *body] if body else []
 
 
 def write_report(records: list[dict], results: Path) -> None:
@@ -503,36 +508,25 @@ def write_report(records: list[dict], results: Path) -> None:
             f"{_ms([x.get('holdout_loss_after_sum') for x in g], ',.0f')} | {_ms([x['ppl_wiki_eval'] for x in g])} | "
             f"{_ms([x['ppl_c4_sample'] for x in g])} | {ratio} | {zs(r) if len(g) == 1 else ''} | {seconds} | "
             f"{_ms([x.get('it_per_s') for x in g], '.2f')} |")
-    selection = selection_lines(records)
-    if selection:
-        lines += ["", "## Selection and targets", "",
-                  "LRQ's variant (rank rule, start, LR) and FlexRound's start are each chosen on the summed held-out "
-                  "block loss, never on perplexity; the targets (issue 14) are then read on the out-of-domain corpus.",
-                  "", *selection]
-    crossings = crossing_lines(records)
-    if crossings:
-        lines += ["", "## Held-out block-loss curves", "",
-                  "Rows run with `--eval-every N`: train and held-out block loss of every block measured every N "
-                  "iterations, summed over the 30 blocks (plot: right-hand panels). Within one run a point is the "
-                  "loss part-way through the cosine schedule, not the end of a shorter run, and iteration 0 of "
-                  "block k already sees blocks 1..k-1 trained (its input is the quantized path's), so the sums "
-                  "at iteration 0 differ between methods too.", "", *crossings]
-    reruns = rerun_lines(records, results.with_name(results.stem + "-reruns.json"))
-    if reruns:
-        lines += ["", "## The same command run twice", "",
-                  "Earlier records of a row that a rerun (e.g. for `--eval-every` or a larger zero-shot) replaced, "
-                  f"kept in `{results.stem}-reruns.json`: how far one seed moves between runs of one command "
-                  "(the runs were on different days, on two machines of the same kind; a rerun that adds `--eval-every` "
-                  "computes the same result, as a test checks).", "",
-                  "| row | scheme | budget | earlier wiki-eval / c4-sample | now | Δ c4-sample | earlier / now held-out |",
-                  "|---|---|---|---|---|---:|---|", *reruns]
-    proxies = proxy_lines(records)
-    if proxies:
-        lines += ["", "## Which block loss predicts perplexity", "",
-                  "Spearman rank correlation, over every learned row of a scheme (all methods, budgets, seeds), "
-                  "between a block-loss statistic and perplexity (1 = the same order). The summed loss is "
-                  "dominated by the late blocks' large absolute losses; the last block's loss is the error that "
-                  "reaches the LM head.", "", *proxies]
+    lines += section("Selection and targets",
+                     "LRQ's variant (rank rule, start, LR) and FlexRound's start are each chosen on the summed held-out "
+                     "block loss, never on perplexity; the targets (issue 14) are then read on the out-of-domain corpus.",
+                     selection_lines(records))
+    lines += section("Held-out block-loss curves",
+                     "Rows run with `--eval-every N`: train and held-out block loss of every block measured every N "
+                     "iterations, summed over the 30 blocks (plot: right-hand panels). Within one run a point is the "
+                     "loss part-way through the cosine schedule, not the end of a shorter run, and iteration 0 of "
+                     "block k already sees blocks 1..k-1 trained (its input is the quantized path's), so the sums "
+                     "at iteration 0 differ between methods too.", crossing_lines(records))
+    lines += section("The same command run twice",
+                     "Earlier records of a row that a rerun (e.g. for `--eval-every` or a larger zero-shot) replaced, "
+                     f"kept in `{results.stem}-reruns.json`: how far one seed moves between runs of one command.",
+                     rerun_lines(records, results.with_name(results.stem + "-reruns.json")))
+    lines += section("Which block loss predicts perplexity",
+                     "Spearman rank correlation, over every learned row of a scheme (all methods, budgets, seeds), "
+                     "between a block-loss statistic and perplexity (1 = the same order). The summed loss is "
+                     "dominated by the late blocks' large absolute losses; the last block's loss is the error that "
+                     "reaches the LM head.", proxy_lines(records))
     lrq = [r for r in records if r.get("linears")]
     if lrq:
         lines += ["", "Per-linear choice (`rank_rule`): form and learned parameters over the 30 blocks.", "",
