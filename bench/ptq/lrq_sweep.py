@@ -292,8 +292,15 @@ def label(r: dict) -> str:
     return r["row"] + ("" if lr in (None, DEFAULT_LR) else f" (lr {lr:g})")
 
 
-def zs(r: dict) -> str:
-    return f"{100 * r['zeroshot_avg']:.1f} ({r['zeroshot_limit']})" if r.get("zeroshot_avg") is not None else ""
+def zs(group: list[dict]) -> str:
+    """Zero-shot cell of a seed group: mean ± std over the seeds that were evaluated, with the examples
+    per task, and which seeds when not all of them were."""
+    done = [r for r in group if r.get("zeroshot_avg") is not None]
+    if not done:
+        return ""
+    limits = sorted({r["zeroshot_limit"] for r in done})
+    which = "" if len(done) == len(group) else f", seed{'s' if len(done) > 1 else ''} {', '.join(str(r['seed']) for r in done)}"
+    return f"{_ms([100 * r['zeroshot_avg'] for r in done], '.1f')} ({'/'.join(map(str, limits))}{which})"
 
 
 def resumed(r: dict) -> str:
@@ -352,6 +359,20 @@ def noise_note(a: list[dict], b: list[dict], key: str = "ppl_c4_sample") -> str:
     return f" (within noise: Δ {100 * diff / mb:.1f}% < 5% at one seed)" if diff < 0.05 * mb else ""
 
 
+def paired_note(a: list[dict], b: list[dict], key: str = "ppl_c4_sample") -> str:
+    """`` paired by seed ...``: the per-seed relative difference of ``key`` (a against b) over the seeds
+    both groups ran (a seed is the calibration draw too, so the pairs share their data); ``""`` under
+    two shared seeds."""
+    by_seed = {r["seed"]: r[key] for r in b if r.get(key) is not None}
+    pairs = [(r["seed"], r[key] / by_seed[r["seed"]] - 1) for r in sorted(a, key=lambda r: r["seed"])
+             if r.get(key) is not None and r["seed"] in by_seed]
+    if len(pairs) < 2:
+        return ""
+    lower = sum(d < 0 for _, d in pairs)
+    return (f", paired by seed {', '.join(f'{s}: {100 * d:+.1f}%' for s, d in pairs)} "
+            f"(LRQ lower at {lower} of {len(pairs)} seeds)")
+
+
 def selection_lines(records: list[dict]) -> list[str]:
     """Per (scheme, iterations): the LRQ variant with the lowest held-out block loss (never the
     evaluation data), and the issue's targets read against FlexRound (best of its starts, by the same
@@ -383,7 +404,7 @@ def selection_lines(records: list[dict]) -> list[str]:
         if flex:
             checks.append(f"FlexRound (`{label(flex[0])}`, {n(flex)}) {OOD} {ppl(flex, 'c4_sample'):.2f}: LRQ "
                           + ("lower" if ppl(lrq, "c4_sample") < ppl(flex, "c4_sample") else "**not lower**")
-                          + noise_note(lrq, flex) + f"; params {lrq[0]['learned_params'] / max(flex[0]['learned_params'], 1):.2f}x (target ≤ 0.5x)")
+                          + noise_note(lrq, flex) + paired_note(lrq, flex) + f"; params {lrq[0]['learned_params'] / max(flex[0]['learned_params'], 1):.2f}x (target ≤ 0.5x)")
         if peers["autoround"]:
             g = peers["autoround"]
             checks.append(f"AutoRound {OOD} {ppl(g, 'c4_sample'):.2f}: LRQ "
@@ -506,7 +527,7 @@ def write_report(records: list[dict], results: Path) -> None:
             f"| {label(r)} | {r['scheme']} | {r['budget'].split(',')[0]} | {', '.join(str(x['seed']) for x in g)} | "
             f"{r['learned_params']:,} | {_ms([x.get('train_loss_after_sum') for x in g], ',.0f')} | "
             f"{_ms([x.get('holdout_loss_after_sum') for x in g], ',.0f')} | {_ms([x['ppl_wiki_eval'] for x in g])} | "
-            f"{_ms([x['ppl_c4_sample'] for x in g])} | {ratio} | {zs(r) if len(g) == 1 else ''} | {seconds} | "
+            f"{_ms([x['ppl_c4_sample'] for x in g])} | {ratio} | {zs(g)} | {seconds} | "
             f"{_ms([x.get('it_per_s') for x in g], '.2f')} |")
     lines += section("Selection and targets",
                      "LRQ's variant (rank rule, start, LR) and FlexRound's start are each chosen on the summed held-out "

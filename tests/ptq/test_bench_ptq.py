@@ -298,3 +298,18 @@ def test_lrq_sweep_report_sets_a_superseded_record_beside_its_rerun(tmp_path):
     write_report([new], results)
     md = results.with_suffix(".md").read_text()
     assert "| flexround | w3a16 | 200 iters/block x 30 blocks | 42.00 / 100.00 | 43.00 / 110.00 | +10.0% | 500 / 400 |" in md
+
+
+def test_lrq_sweep_pairs_seeds_and_keeps_zero_shot_of_the_seeds_that_ran_it(tmp_path):
+    from lrq_sweep import paired_note, selection_lines, zs
+
+    flex = [_sweep_record("flexround", "flexround", s, 50.0, 30.0, c4, iters=200) for s, c4 in ((0, 100.0), (1, 110.0), (2, 90.0))]
+    lrq = [_sweep_record("lrq-authors", "lrq", s, 40.0, 31.0, c4, iters=200, params=90) for s, c4 in ((0, 110.0), (1, 99.0), (2, 99.0))]
+    note = paired_note(lrq, flex)
+    assert "0: +10.0%, 1: -10.0%, 2: +10.0%" in note and "LRQ lower at 1 of 3 seeds" in note
+    assert paired_note(lrq[:1], flex) == ""  # one shared seed is no pairing
+    assert "paired by seed" in selection_lines(flex + lrq)[0]
+    flex[0].update(zeroshot_avg=0.45, zeroshot_limit=250)
+    assert zs(flex) == "45.0 (250, seed 0)" and zs(flex[:1]) == "45.0 (250)" and zs(lrq) == ""
+    flex[1].update(zeroshot_avg=0.43, zeroshot_limit=250)
+    assert zs(flex) == "44.0 ± 1.4 (250, seeds 0, 1)"
